@@ -1,0 +1,169 @@
+"""Declarative architecture specs and their registry.
+
+A spec names, for one model class, the coupled groups of channels that can be removed together; the generic engine in
+`hf_tsprune.surgery` does every index computation, tensor slice and attribute update from it. Adding an architecture
+means writing one short spec file in this folder and calling `register_architecture`.
+
+Two kinds of group exist:
+
+- `MLPGroup`: the intermediate channels of a feed-forward block. Channel `c` is output row `c` of every *producer*
+  Linear (`fc1`, `gate_proj`, `up_proj`, ...) and input column `c` of the *consumer* Linear (`fc2`, `down_proj`).
+- `AttentionGroup`: the value channels of every key/value head. Channel `(h, d)` is output row `h * head_dim + d` of
+  `v_proj` and input column `d` of every query head that reads key/value head `h` in `o_proj`. A head (a GQA group:
+  its key/value head and the query heads that share it) goes when all of its value channels are pruned, as in the
+  paper; value channels pruned inside a kept head are cut from a uniform value head dimension where the spec provides
+  an attention forward that supports it (`v_head_dim_forward`), and otherwise stay as exact zero columns of `o_proj`.
+
+Residual-stream (model-width) channels are never pruned: every block adds its output to the residual stream, so one
+residual channel couples the embedding, every norm weight and every block's input and output projections at once;
+removing it changes what RMS/LayerNorm statistics are computed over, so no removal is exact.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MLPGroup:
+    """Intermediate channels of a feed-forward block.
+
+    Args:
+        pattern (`str`):
+            Regular expression that must fully match the name of the block module (as in `model.named_modules()`).
+        producers (`tuple[str, ...]`):
+            Attribute paths (relative to the block) of the Linears whose output rows are the channels.
+        consumer (`str`):
+            Attribute path of the Linear whose input columns are the channels.
+        width_attrs (`tuple[str, ...]`, *optional*):
+            Attributes of the block that hold the width and must follow it (e.g. `hidden_dims`).
+    """
+
+    pattern: str
+    producers: tuple[str, ...]
+    consumer: str
+    width_attrs: tuple[str, ...] = ()
+
+    kind = "mlp"
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """Heads and value channels of a (possibly grouped-query) attention block.
+
+    Args:
+        pattern (`str`):
+            Regular expression that must fully match the name of the attention module.
+        q (`str`), k (`str`), v (`str`), o (`str`):
+            Attribute names of the query, key, value and output projections.
+        head_dim_attr (`str`):
+            Module attribute holding the per-head query/key dimension.
+        num_heads_attrs (`tuple[str, ...]`):
+            Module attributes holding the number of query heads (updated after a shrink).
+        num_kv_heads_attrs (`tuple[str, ...]`):
+            Module attributes holding the number of key/value heads, for GQA modules that store it.
+        size_attrs (`dict[str, str]`):
+            Module attributes holding products, updated after a shrink: attribute name -> one of `"q"`, `"kv"`,
+            `"o"` (the new width of `q_proj`, `k_proj`/`v_proj` and `o_proj`'s input).
+        kv_groups_attr (`str`, *optional*):
+            Module attribute holding the number of query heads per key/value head (GQA). `None` means 1.
+        v_head_dim_forward (`Callable`, *optional*):
+            A forward function (bound as the module's `forward`) that reads `self.v_head_dim` for the value heads.
+            When given, value channels pruned inside kept heads are removed (one value head dimension, the largest
+            kept, for all heads of the layer); otherwise they stay as exact zero columns.
+    """
+
+    pattern: str
+    q: str = "q_proj"
+    k: str = "k_proj"
+    v: str = "v_proj"
+    o: str = "o_proj"
+    head_dim_attr: str = "head_dim"
+    num_heads_attrs: tuple[str, ...] = ()
+    num_kv_heads_attrs: tuple[str, ...] = ()
+    size_attrs: dict[str, str] = field(default_factory=dict)
+    kv_groups_attr: str | None = None
+    v_head_dim_forward: Callable | None = None
+
+    kind = "attention"
+
+
+Group = MLPGroup | AttentionGroup
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Everything the engine needs to know about one model class.
+
+    Args:
+        model_type (`str`):
+            The `config.model_type` of the architecture (e.g. `"timesfm"`).
+        model_classes (`tuple[str, ...]`):
+            Class names this spec applies to (e.g. `("TimesFmModelForPrediction",)`).
+        groups (`tuple[Group, ...]`):
+            The prunable groups, in the order the engine visits them (this order also breaks score ties).
+        example_inputs (`Callable[[nn.Module, int], dict]`):
+            Returns forward kwargs for a batch of the given size; used for FLOP counts, benchmarks and tests.
+        forecast (`Callable[[nn.Module, dict], torch.Tensor]`):
+            Runs the model on `example_inputs` and returns the point forecast tensor (used by exactness checks).
+    """
+
+    model_type: str
+    model_classes: tuple[str, ...]
+    groups: tuple[Group, ...]
+    example_inputs: Callable
+    forecast: Callable
+
+    def match(self, model: nn.Module) -> list[tuple[str, Group, nn.Module]]:
+        """Returns `(module_name, group, module)` for every module of `model` matched by a group, in spec order."""
+        named = list(model.named_modules())
+        found = []
+        for group in self.groups:
+            regex = re.compile(group.pattern)
+            found.extend((name, group, module) for name, module in named if regex.fullmatch(name))
+        return found
+
+
+_REGISTRY: dict[str, ArchitectureSpec] = {}
+
+
+def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
+    """Registers `spec` for each of its model classes, so that every hf_tsprune entry point supports them."""
+    for class_name in spec.model_classes:
+        _REGISTRY[class_name] = spec
+    return spec
+
+
+def supported_model_classes() -> list[str]:
+    """Names of the model classes with a registered spec."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(model: nn.Module) -> ArchitectureSpec:
+    """Returns the spec registered for `model`'s class (or the nearest registered base class).
+
+    Raises:
+        `TypeError` naming the supported classes and how to register a new one.
+    """
+    for cls in type(model).__mro__:
+        if cls.__name__ in _REGISTRY:
+            return _REGISTRY[cls.__name__]
+    raise TypeError(
+        f"hf_tsprune has no architecture spec for {type(model).__name__}. Supported: {', '.join(supported_model_classes())}. "
+        "To add one, describe its coupled groups with `hf_tsprune.architectures.ArchitectureSpec` (attention heads: "
+        "`AttentionGroup`, feed-forward channels: `MLPGroup`) and call `hf_tsprune.register_architecture(spec)`."
+    )
+
+
+def get_submodule(module: nn.Module, path: str) -> nn.Module:
+    return module.get_submodule(path)
+
+
+def set_submodule(module: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = module.get_submodule(parent_path) if parent_path else module
+    setattr(parent, name, new)

@@ -1,0 +1,205 @@
+"""`PruningCallback`: the glue between `transformers.Trainer` events and the Taylor/EMA pruning rule.
+
+Usage:
+
+```python
+from transformers import Trainer, TrainingArguments
+from hf_tsprune import PruningCallback, PruningConfig, install_masks, shrink
+
+install_masks(model)  # before the Trainer: masks become parameters, weights are frozen
+trainer = Trainer(
+    model=model,
+    args=TrainingArguments("prune-run", num_train_epochs=2, eval_strategy="steps", eval_steps=50,
+                           max_grad_norm=0.0, label_names=["future_values"]),
+    train_dataset=train, eval_dataset=validation,
+    callbacks=[PruningCallback(PruningConfig(ratio_per_epoch=0.3, ema=0.3))],
+)
+trainer.train()       # the model ends with the mask set of the best validation loss
+plan = shrink(model)  # after train(): physically smaller, same outputs
+```
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+from .masks import get_masks, masked_groups, set_masks, unwrap
+from .scoring import PruningConfig, TaylorScorer
+from .surgery import make_plan
+
+logger = logging.get_logger(__name__)
+
+STATE_FILE = "hf_tsprune_pruning_state.pt"
+
+
+class PruningCallback(TrainerCallback):
+    """Scores channels with EMA-smoothed Taylor importance and prunes them on schedule during `Trainer.train()`.
+
+    - `on_pre_optimizer_step` (the last event at which gradients exist): adds this step's scores `-grad(mask) * mask`
+      to the EMA, drops the mask gradients (so the optimizer never moves a mask), zeroes the globally lowest-ranked
+      channels due at this step and writes the masks;
+    - `on_evaluate`: records the evaluation metric of the current mask set and keeps the best set;
+    - `on_train_end`: restores the best mask set into the model;
+    - `on_log`: adds `sparsity`, `pruned_channels` and `params` (the parameter count the current masks shrink to).
+
+    Pruning stops once `max_sparsity` is reached; training then ends after one last evaluation. The model is never
+    modified structurally here: call `hf_tsprune.shrink(model)` after `train()` returns.
+
+    Args:
+        config (`PruningConfig`, *optional*): the prune-run settings; keyword arguments build one if not given.
+    """
+
+    def __init__(self, config: PruningConfig | None = None, **kwargs):
+        self.config = config if config is not None else PruningConfig(**kwargs)
+        self.scorer: TaylorScorer | None = None
+        self.steps_per_epoch = 1
+        self.epoch_start_alive = 0
+        self.pruned_this_epoch = 0
+        self.finished = False
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.best_sparsity: float | None = None
+        self.best_masks: dict[str, torch.Tensor] | None = None
+        self.history: list[dict] = []
+
+    # -- events -----------------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        groups = masked_groups(model)
+        if any(p.requires_grad for n, p in unwrap(model).named_parameters() if not n.endswith("hf_tsprune_mask")):
+            logger.warning(
+                "Some weights are trainable during the prune run; the paper freezes them (`install_masks`)."
+            )
+        if args.max_grad_norm:
+            logger.warning(
+                f"max_grad_norm={args.max_grad_norm} clips the mask gradients before they are scored, which rescales "
+                "the Taylor scores between steps; set max_grad_norm=0 for the prune run."
+            )
+        if self.scorer is None:
+            self.scorer = TaylorScorer(
+                self.config,
+                [g.num_units for g in groups],
+                [g.unit_cost for g in groups],
+                [g.group.kind == "mlp" for g in groups],
+            )
+        if train_dataloader is not None:
+            self.steps_per_epoch = max(math.ceil(len(train_dataloader) / args.gradient_accumulation_steps), 1)
+        elif state.max_steps and args.num_train_epochs:
+            self.steps_per_epoch = max(int(state.max_steps // args.num_train_epochs), 1)
+        self._write_masks(groups)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        groups = masked_groups(model)
+        if not self.finished:
+            grads = [g.mask.grad if g.mask.grad is not None else torch.zeros_like(g.mask) for g in groups]
+            self.scorer.update(grads, [g.mask for g in groups])
+        for g in groups:
+            g.mask.grad = None  # masks change only by pruning: the optimizer skips parameters without gradient
+        if self.finished:
+            return
+        step_in_epoch = state.global_step % self.steps_per_epoch
+        if step_in_epoch == 0:
+            self.epoch_start_alive = self.scorer.num_alive
+            self.pruned_this_epoch = 0
+        due = round(self.config.ratio_per_epoch * self.epoch_start_alive * (step_in_epoch + 1) / self.steps_per_epoch)
+        budget = math.floor(self.config.max_sparsity * self.scorer.total_units + 1e-9) - (
+            self.scorer.total_units - self.scorer.num_alive
+        )
+        removed = self.scorer.prune(min(due - self.pruned_this_epoch, budget))
+        self.pruned_this_epoch += removed
+        self._write_masks(groups)
+        if self.scorer.total_units - self.scorer.num_alive >= math.floor(
+            self.config.max_sparsity * self.scorer.total_units + 1e-9
+        ):
+            self.finished = True
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._write_masks(masked_groups(model))
+        if self.finished and not control.should_training_stop:
+            logger.info(f"hf_tsprune: max_sparsity {self.config.max_sparsity} reached at step {state.global_step}.")
+            control.should_training_stop = True
+            if args.eval_strategy != "no":
+                control.should_evaluate = True
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        key = self.config.metric_for_best_mask
+        if not metrics or key not in metrics:
+            logger.warning(f"hf_tsprune: evaluation returned no {key!r}; the mask set of this step is not ranked.")
+            return
+        value = float(metrics[key])
+        entry = {"step": state.global_step, "sparsity": self.scorer.sparsity, key: value}
+        self.history.append(entry)
+        better = self.best_metric is None or (
+            value > self.best_metric if self.config.greater_is_better else value < self.best_metric
+        )
+        if better:
+            self.best_metric, self.best_step, self.best_sparsity = value, state.global_step, self.scorer.sparsity
+            self.best_masks = {k: v.clone() for k, v in get_masks(model).items()}
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs is None or self.scorer is None:
+            return
+        extra = {
+            "sparsity": round(self.scorer.sparsity, 6),
+            "pruned_channels": self.scorer.total_units - self.scorer.num_alive,
+            "params": make_plan(unwrap(model), allow_empty_blocks=True).params_after,
+        }
+        logs.update(extra)
+        if state.log_history:
+            state.log_history[-1].update(extra)
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self.scorer is None:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(folder):
+            torch.save(self.state_dict(), os.path.join(folder, STATE_FILE))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.best_masks is not None:
+            set_masks(model, self.best_masks)
+            for alive, name in zip(self.scorer.alive, [g.name for g in masked_groups(model)]):
+                alive.copy_(self.best_masks[name])
+            logger.info(
+                f"hf_tsprune: kept the mask set of step {self.best_step} (sparsity {self.best_sparsity:.3f}, "
+                f"{self.config.metric_for_best_mask}={self.best_metric:.5g})."
+            )
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _write_masks(self, groups) -> None:
+        for g, alive in zip(groups, self.scorer.alive):
+            g.mask.copy_(alive.to(device=g.mask.device, dtype=g.mask.dtype))
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume the prune run (EMA scores included)."""
+        return {
+            "scorer": self.scorer.state_dict(),
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch_start_alive": self.epoch_start_alive,
+            "pruned_this_epoch": self.pruned_this_epoch,
+            "finished": self.finished,
+            "best": (self.best_metric, self.best_step, self.best_sparsity, self.best_masks),
+            "history": self.history,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict, groups) -> None:
+        self.scorer = TaylorScorer(
+            self.config,
+            [g.num_units for g in groups],
+            [g.unit_cost for g in groups],
+            [g.group.kind == "mlp" for g in groups],
+        )
+        self.scorer.load_state_dict(state["scorer"])
+        self.steps_per_epoch = state["steps_per_epoch"]
+        self.epoch_start_alive = state["epoch_start_alive"]
+        self.pruned_this_epoch = state["pruned_this_epoch"]
+        self.finished = state["finished"]
+        self.best_metric, self.best_step, self.best_sparsity, self.best_masks = state["best"]
+        self.history = list(state["history"])

@@ -1,0 +1,236 @@
+"""Channel masks on the prunable `nn.Linear` layers of a model.
+
+An output channel of a producer Linear (`fc1`, `gate_proj`, `v_proj`) and the input channel of its consumer (`fc2`,
+`down_proj`, `o_proj`) are one channel: it can only be removed from both at once. hf_tsprune therefore keeps one mask
+per coupled channel set (the producer's output-channel mask and the consumer's input-channel mask, tied into a single
+`nn.Parameter`) and applies it where the channel enters the consumer. Its gradient is then exactly the first-order
+effect on the loss of removing the channel everywhere, which is the Taylor importance of the coupled group.
+
+Masks are parameters (named `...<consumer>.hf_tsprune_mask`) so that DDP averages their gradients across ranks and
+checkpoints carry them; the optimizer never moves them (`PruningCallback` drops their gradients after scoring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .architectures import AttentionGroup, Group, MLPGroup, get_spec
+from .architectures.base import ArchitectureSpec
+
+MASK_NAME = "hf_tsprune_mask"
+_STATE_ATTR = "_hf_tsprune_masked_groups"
+
+
+@dataclass
+class MaskedGroup:
+    """One coupled channel set of a model, with its mask.
+
+    Attributes:
+        name: module name of the block (e.g. `decoder.layers.3.mlp`).
+        group: the spec entry that matched it.
+        module: the block module.
+        mask: the mask parameter (1 = kept, 0 = pruned), shape `(num_units,)`.
+        unit_cost: parameters removed with each unit, shape `(num_units,)` (the cost-normalised mode divides by it).
+        num_kv_heads, head_dim, kv_groups: attention structure (1, width, 1 for MLP groups).
+    """
+
+    name: str
+    group: Group
+    module: nn.Module
+    mask: nn.Parameter
+    unit_cost: torch.Tensor
+    num_kv_heads: int = 1
+    head_dim: int = 0
+    kv_groups: int = 1
+    hook: torch.utils.hooks.RemovableHandle | None = None
+
+    @property
+    def num_units(self) -> int:
+        return self.mask.numel()
+
+    @property
+    def consumer(self) -> nn.Linear:
+        return self.module.get_submodule(self.group.consumer if isinstance(self.group, MLPGroup) else self.group.o)
+
+    def consumer_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Expands a unit mask to the consumer's input columns (GQA: every query head of a key/value head)."""
+        if self.kv_groups == 1:
+            return mask
+        return mask.view(self.num_kv_heads, 1, self.head_dim).expand(-1, self.kv_groups, -1).reshape(-1)
+
+
+def _linear(module: nn.Module, path: str, block_name: str) -> nn.Linear:
+    layer = module.get_submodule(path)
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"{block_name}.{path} is a {type(layer).__name__}; hf_tsprune specs may only name nn.Linear.")
+    return layer
+
+
+def _row_cost(layer: nn.Linear) -> int:
+    return layer.in_features + (1 if layer.bias is not None else 0)
+
+
+def describe_groups(model: nn.Module, spec: ArchitectureSpec | None = None) -> list[MaskedGroup]:
+    """Lists the coupled channel sets of `model` with unit costs, without installing anything (masks are detached
+    tensors of ones)."""
+    spec = spec or get_spec(model)
+    groups = []
+    for name, group, module in spec.match(model):
+        if isinstance(group, MLPGroup):
+            producers = [_linear(module, p, name) for p in group.producers]
+            consumer = _linear(module, group.consumer, name)
+            width = consumer.in_features
+            for p in producers:
+                if p.out_features != width:
+                    raise ValueError(f"{name}: producer width {p.out_features} != consumer input width {width}.")
+            cost = sum(_row_cost(p) for p in producers) + consumer.out_features
+            groups.append(
+                MaskedGroup(name, group, module, nn.Parameter(torch.ones(width)), torch.full((width,), cost))
+            )
+        else:
+            q, k, v, o = (_linear(module, getattr(group, a), name) for a in "qkvo")
+            head_dim = int(getattr(module, group.head_dim_attr))
+            v_head_dim = int(getattr(module, "v_head_dim", head_dim))
+            num_kv_heads = v.out_features // v_head_dim
+            kv_groups = int(getattr(module, group.kv_groups_attr)) if group.kv_groups_attr else 1
+            if (
+                q.out_features != num_kv_heads * kv_groups * head_dim
+                or o.in_features != q.out_features // head_dim * v_head_dim
+            ):
+                raise ValueError(
+                    f"{name}: projection sizes do not match {num_kv_heads} kv heads x {kv_groups} groups."
+                )
+            # A value channel removes its v row and one o column per query head reading it, plus its share of the
+            # head's query/key rows (they go when the whole head goes).
+            cost = (
+                _row_cost(v)
+                + kv_groups * o.out_features
+                + (kv_groups * _row_cost(q) + _row_cost(k)) * head_dim / v_head_dim
+            )
+            units = num_kv_heads * v_head_dim
+            groups.append(
+                MaskedGroup(
+                    name, group, module, nn.Parameter(torch.ones(units)), torch.full((units,), float(cost)),
+                    num_kv_heads=num_kv_heads, head_dim=v_head_dim, kv_groups=kv_groups,
+                )
+            )  # fmt: skip
+    if not groups:
+        raise ValueError(
+            f"{type(model).__name__} has nothing prunable: its spec matched no module. Check that the model was built "
+            "from the class the spec describes, or register a spec whose patterns match its module names."
+        )
+    return groups
+
+
+class _ApplyMask:
+    """Forward pre-hook: multiplies the consumer's input by the (expanded) mask."""
+
+    def __init__(self, masked: MaskedGroup):
+        self.masked = masked
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        mask = self.masked.consumer_mask(getattr(module, MASK_NAME))
+        return (x * mask.to(x.dtype),) + tuple(args[1:])
+
+
+def install_masks(model: nn.Module, spec: ArchitectureSpec | None = None, freeze: bool = True) -> list[MaskedGroup]:
+    """Adds a mask (ones) to every prunable channel set of `model`, optionally freezing all other weights.
+
+    Call this *before* building the `Trainer` (and before DDP wrapping), so that the masks are registered parameters
+    everywhere. Installing then removing masks leaves the model's function unchanged.
+
+    Args:
+        model (`nn.Module`): a model of a supported class.
+        spec (`ArchitectureSpec`, *optional*): defaults to the registered spec for the model's class.
+        freeze (`bool`, defaults to `True`): set `requires_grad=False` on every weight (the prune run's setting).
+
+    Returns:
+        The list of `MaskedGroup`s, also kept on the model (see `masked_groups`).
+    """
+    if getattr(model, _STATE_ATTR, None):
+        raise ValueError("Masks are already installed on this model; call `remove_masks(model)` first.")
+    groups = describe_groups(model, spec)
+    frozen = {}
+    if freeze:
+        for pname, param in model.named_parameters():
+            frozen[pname] = param.requires_grad
+            param.requires_grad_(False)
+    device = next(model.parameters()).device
+    for masked in groups:
+        consumer = masked.consumer
+        masked.mask = nn.Parameter(torch.ones(masked.num_units, device=device, dtype=torch.float32))
+        consumer.register_parameter(MASK_NAME, masked.mask)
+        masked.hook = consumer.register_forward_pre_hook(_ApplyMask(masked))
+    object.__setattr__(model, _STATE_ATTR, groups)
+    object.__setattr__(model, "_hf_tsprune_frozen", frozen)
+    return groups
+
+
+def masked_groups(model: nn.Module) -> list[MaskedGroup]:
+    """The `MaskedGroup`s installed on `model` (unwraps DDP/accelerate wrappers)."""
+    model = unwrap(model)
+    groups = getattr(model, _STATE_ATTR, None)
+    if not groups:
+        raise ValueError(
+            "No pruning masks on this model: call `hf_tsprune.install_masks(model)` (or `prepare_for_pruning`) before "
+            "building the Trainer, so that the masks are parameters the Trainer and DDP know about."
+        )
+    return groups
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strips DDP / accelerate / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Current masks as boolean CPU tensors keyed by block name (True = kept)."""
+    return {g.name: g.mask.detach().cpu() > 0.5 for g in masked_groups(model)}
+
+
+@torch.no_grad()
+def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Writes boolean (or 0/1) masks keyed by block name into the installed mask parameters."""
+    groups = {g.name: g for g in masked_groups(model)}
+    unknown = set(masks) - set(groups)
+    if unknown:
+        raise ValueError(f"Masks given for unknown blocks {sorted(unknown)}; known: {sorted(groups)}.")
+    for name, value in masks.items():
+        mask = groups[name].mask
+        if value.shape != mask.shape:
+            raise ValueError(f"Mask for {name} has shape {tuple(value.shape)}, expected {tuple(mask.shape)}.")
+        mask.copy_(value.to(device=mask.device, dtype=mask.dtype))
+
+
+def remove_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Removes the mask parameters and hooks and restores each weight's `requires_grad`.
+
+    Returns:
+        The masks that were installed (boolean, keyed by block name), e.g. to pass to `shrink`.
+    """
+    model = unwrap(model)
+    masks = get_masks(model)
+    for masked in masked_groups(model):
+        masked.hook.remove()
+        del masked.consumer._parameters[MASK_NAME]
+    for pname, param in model.named_parameters():
+        param.requires_grad_(model._hf_tsprune_frozen.get(pname, param.requires_grad))
+    object.__setattr__(model, _STATE_ATTR, None)
+    return masks
+
+
+def attention_head_alive(masked: MaskedGroup, mask: torch.Tensor) -> torch.Tensor:
+    """Which key/value heads keep at least one value channel (all True for MLP groups)."""
+    if isinstance(masked.group, AttentionGroup):
+        return mask.view(masked.num_kv_heads, masked.head_dim).any(dim=1)
+    return torch.ones(1, dtype=torch.bool)

@@ -1,0 +1,223 @@
+"""Taylor importance, its EMA, and the global selection of channels to prune (pure tensor code).
+
+The paper's method ("Less is More", arXiv 2505.23195):
+
+- score each channel by the first-order Taylor importance of its mask, `s = -grad(mask) * mask`, computed on the mean
+  loss of one optimizer step (so gradient accumulation gives the paper's macro batch);
+- smooth the scores across steps with an EMA, `ŝ ← α·s + (1−α)·ŝ` (α = `ema`; the first step sets `ŝ = s`);
+- at every step zero the globally lowest-scored channels still alive, with one threshold across all masks.
+
+Two additions beyond the paper: `cost_normalized` ranks channels by score per parameter the channel would remove (the
+paper's threshold counts channels, so a wide FFN channel and a narrow head channel count the same), and `round_to`
+keeps every feed-forward width a multiple of N (channels go in blocks of N, the block's score being the mean of its
+channels'), which keeps matmul shapes friendly to fast kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class PruningConfig:
+    """Settings of a prune run.
+
+    Args:
+        ratio_per_epoch (`float`, defaults to 0.3):
+            Fraction of the channels alive at the start of an epoch that the epoch removes, spread evenly over its
+            optimizer steps (after `e` epochs, `1 - (1 - ratio_per_epoch) ** e` of the channels are gone). In (0, 1).
+        ema (`float`, defaults to 0.3):
+            EMA weight α of the newest step's scores. In (0, 1]; 1 disables smoothing.
+        max_sparsity (`float`, defaults to 0.9):
+            Pruning stops (and training ends after one last evaluation) once this fraction of channels is gone.
+        cost_normalized (`bool`, defaults to `False`):
+            Rank channels by score divided by the parameters they would remove, instead of by score.
+        round_to (`int`, defaults to 1):
+            Keep every feed-forward width a multiple of this number (value head dimensions are rounded up to it
+            when shrinking).
+        min_units_per_group (`int`, defaults to 1):
+            Channels each group keeps at least (1 keeps at least one head per attention layer). 0 lets a whole block
+            go; `shrink` then needs `allow_empty_blocks=True` to replace it by its exact constant equivalent.
+        metric_for_best_mask (`str`, defaults to `"eval_loss"`):
+            Evaluation metric that picks the best mask set (lower is better unless `greater_is_better`).
+        greater_is_better (`bool`, defaults to `False`):
+            Whether a larger `metric_for_best_mask` is better.
+    """
+
+    ratio_per_epoch: float = 0.3
+    ema: float = 0.3
+    max_sparsity: float = 0.9
+    cost_normalized: bool = False
+    round_to: int = 1
+    min_units_per_group: int = 1
+    metric_for_best_mask: str = "eval_loss"
+    greater_is_better: bool = False
+
+    def __post_init__(self):
+        if not 0.0 < self.ratio_per_epoch < 1.0:
+            raise ValueError(
+                f"ratio_per_epoch={self.ratio_per_epoch} must lie in (0, 1): it is the fraction of alive channels "
+                "removed per epoch (e.g. 0.3). For more pruning, train more epochs or raise max_sparsity."
+            )
+        if not 0.0 < self.ema <= 1.0:
+            raise ValueError(f"ema={self.ema} must lie in (0, 1] (weight of the newest scores; 1 = no smoothing).")
+        if not 0.0 < self.max_sparsity < 1.0:
+            raise ValueError(f"max_sparsity={self.max_sparsity} must lie in (0, 1) (fraction of channels removed).")
+        if self.round_to < 1:
+            raise ValueError(f"round_to={self.round_to} must be a positive integer (1 disables rounding).")
+        if self.min_units_per_group < 0:
+            raise ValueError(f"min_units_per_group={self.min_units_per_group} must be >= 0.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def taylor_scores(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """First-order Taylor importance of each channel: `-grad * mask` (0 for pruned channels)."""
+    return -(grad.detach().float() * mask.detach().float())
+
+
+def ema_update(previous: torch.Tensor | None, scores: torch.Tensor, alpha: float) -> torch.Tensor:
+    """`α·s + (1−α)·ŝ`, or `s` on the first visit (`previous is None`)."""
+    if previous is None:
+        return scores.clone()
+    return alpha * scores + (1.0 - alpha) * previous
+
+
+def select_units_to_prune(
+    scores: list[torch.Tensor],
+    alive: list[torch.Tensor],
+    num_to_prune: int,
+    costs: list[torch.Tensor] | None = None,
+    block_sizes: list[int] | None = None,
+    min_alive: list[int] | None = None,
+) -> list[torch.Tensor]:
+    """Picks the globally lowest-ranked alive units, with one threshold across all groups.
+
+    Within a group, alive units are sorted by score (ties: lower index first) and cut into blocks (`block_sizes[i]`
+    units; a first, smaller block takes the remainder so that the width stays a multiple). Blocks of all groups are
+    ranked by their mean score, or by score per parameter when `costs` are given; ties break by group order and then
+    block order, so the result is deterministic. Blocks are taken until `num_to_prune` units are reached (the last
+    block may overshoot by less than its size). No group drops below `min_alive[i]` units.
+
+    Args:
+        scores: per group, a float tensor of unit scores (higher = more important).
+        alive: per group, a bool tensor, True for units not yet pruned.
+        num_to_prune: units to remove now.
+        costs: per group, parameters removed per unit (cost-normalised mode), or `None`.
+        block_sizes: per group, units removed together (the `round_to` of feed-forward groups); default 1.
+        min_alive: per group, the fewest units to keep; default 1.
+
+    Returns:
+        Per group, a bool tensor marking the units to prune now.
+    """
+    n_groups = len(scores)
+    block_sizes = block_sizes or [1] * n_groups
+    min_alive = min_alive or [1] * n_groups
+    keys, sizes, owners, orders, starts = [], [], [], [], []
+    for i in range(n_groups):
+        idx = torch.nonzero(alive[i], as_tuple=False).flatten()
+        unit_scores = scores[i].float()[idx]
+        order = idx[torch.sort(unit_scores, stable=True).indices]
+        orders.append(order)
+        n_alive, size = idx.numel(), block_sizes[i]
+        floor = min(n_alive, -(-min_alive[i] // size) * size if min_alive[i] > 0 else 0)
+        eligible = n_alive - floor
+        if eligible <= 0:
+            starts.append(torch.zeros(0, dtype=torch.long))
+            continue
+        remainder = n_alive % size
+        bounds = ([0, remainder] if remainder else [0]) + list(range(remainder + size, eligible + 1, size))
+        bounds = torch.tensor([b for b in bounds if b <= eligible], dtype=torch.long)
+        if bounds.numel() < 2:
+            starts.append(torch.zeros(0, dtype=torch.long))
+            continue
+        sorted_scores = scores[i].float()[order]
+        csum = torch.cat([torch.zeros(1), torch.cumsum(sorted_scores, 0)])
+        block_score = csum[bounds[1:]] - csum[bounds[:-1]]
+        block_size = bounds[1:] - bounds[:-1]
+        if costs is not None:
+            ccum = torch.cat([torch.zeros(1), torch.cumsum(costs[i].float()[order], 0)])
+            key = block_score / (ccum[bounds[1:]] - ccum[bounds[:-1]]).clamp_min(1e-12)
+        else:
+            key = block_score / block_size
+        keys.append(key)
+        sizes.append(block_size)
+        owners.append(torch.full_like(block_size, i))
+        starts.append(bounds)
+    pruned = [torch.zeros_like(a, dtype=torch.bool) for a in alive]
+    if not keys or num_to_prune <= 0:
+        return pruned
+    keys, sizes, owners = torch.cat(keys), torch.cat(sizes), torch.cat(owners)
+    rank = torch.sort(keys, stable=True).indices
+    taken_before = torch.cumsum(sizes[rank], 0) - sizes[rank]
+    chosen = rank[taken_before < num_to_prune]
+    counts = torch.bincount(owners[chosen], minlength=n_groups)
+    for i in range(n_groups):
+        if counts[i] > 0:
+            n_units = int(starts[i][int(counts[i])])
+            pruned[i][orders[i][:n_units]] = True
+    return pruned
+
+
+class TaylorScorer:
+    """Keeps the EMA scores and alive masks of all groups and applies the selection rule.
+
+    Args:
+        config (`PruningConfig`): the prune-run settings.
+        num_units (`list[int]`): units per group.
+        unit_costs (`list[torch.Tensor]`): parameters removed per unit, per group.
+        roundable (`list[bool]`): whether `round_to` applies to the group (feed-forward groups).
+    """
+
+    def __init__(
+        self, config: PruningConfig, num_units: list[int], unit_costs: list[torch.Tensor], roundable: list[bool]
+    ):
+        self.config = config
+        self.unit_costs = [c.float().cpu() for c in unit_costs]
+        self.block_sizes = [config.round_to if r else 1 for r in roundable]
+        self.min_alive = [
+            max(config.min_units_per_group, b if config.min_units_per_group else 0) for b in self.block_sizes
+        ]
+        self.ema_scores: list[torch.Tensor | None] = [None] * len(num_units)
+        self.alive = [torch.ones(n, dtype=torch.bool) for n in num_units]
+        self.total_units = sum(num_units)
+
+    @property
+    def num_alive(self) -> int:
+        return int(sum(a.sum() for a in self.alive))
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.num_alive / self.total_units
+
+    def update(self, grads: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+        """Adds one optimizer step's Taylor scores to the EMA."""
+        for i, (grad, mask) in enumerate(zip(grads, masks)):
+            step_scores = taylor_scores(grad, mask).cpu()
+            self.ema_scores[i] = ema_update(self.ema_scores[i], step_scores, self.config.ema)
+
+    def prune(self, num_to_prune: int) -> int:
+        """Marks the `num_to_prune` lowest-ranked alive units as pruned; returns how many went."""
+        if num_to_prune <= 0 or self.ema_scores[0] is None:
+            return 0
+        pruned = select_units_to_prune(
+            self.ema_scores,
+            self.alive,
+            num_to_prune,
+            costs=self.unit_costs if self.config.cost_normalized else None,
+            block_sizes=self.block_sizes,
+            min_alive=self.min_alive,
+        )
+        for alive, gone in zip(self.alive, pruned):
+            alive &= ~gone
+        return int(sum(g.sum() for g in pruned))
+
+    def state_dict(self) -> dict:
+        return {"ema_scores": self.ema_scores, "alive": self.alive}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema_scores = [None if s is None else s.clone() for s in state["ema_scores"]]
+        self.alive = [a.clone().bool() for a in state["alive"]]

@@ -1,0 +1,421 @@
+"""The generic shrink engine: reads an architecture spec and physically removes what the masks zeroed.
+
+`make_plan` turns masks into per-group keep indices and exact parameter counts (it changes nothing); `shrink` applies
+a plan: it slices every coupled Linear, updates the module attributes the forward reads, records the per-layer layout
+in the config (`config.hf_tsprune_layout`), and checks that the shrunk model's forecast equals the masked model's.
+
+Exactness rules (masked model == shrunk model):
+
+- feed-forward channel: producer rows and consumer columns go together; a block may shrink to width 0 (a zero-width
+  Linear outputs its bias, exactly what the fully masked block computed);
+- attention: a key/value head (with the query heads that share it) goes when all its value channels are pruned;
+  value channels pruned inside kept heads are cut where the spec supports a separate value head dimension (one
+  dimension for the layer: the largest kept count, rounded up to `round_to`; heads with fewer kept channels keep some
+  pruned ones as zero `o_proj` columns), and otherwise kept as zero `o_proj` columns;
+- an attention block with no head left is replaced, under its own name, by `EmptyAttention`, whose output is the
+  `o_proj` bias: the exact function of the fully masked block (only with `allow_empty_blocks=True`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .architectures import AttentionGroup, get_spec
+from .architectures.base import ArchitectureSpec, set_submodule
+from .masks import (
+    _STATE_ATTR,
+    MaskedGroup,
+    describe_groups,
+    get_masks,
+    install_masks,
+    remove_masks,
+    set_masks,
+)
+
+LAYOUT_ATTR = "hf_tsprune_layout"
+
+
+class EmptyAttention(nn.Module):
+    """Exact stand-in for an attention block whose heads were all pruned: it returns the output projection's bias.
+
+    Args:
+        out_features (`int`): width of the attention output (the model width).
+        bias (`torch.Tensor`, *optional*): the output projection's bias; `None` gives zeros.
+    """
+
+    def __init__(self, out_features: int, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.out_features = out_features
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+        out = hidden_states.new_zeros(*hidden_states.shape[:-1], self.out_features)
+        if self.bias is not None:
+            out = out + self.bias
+        return out, None
+
+
+@dataclass
+class GroupPlan:
+    """What a shrink keeps of one group. Index tensors are not serialised."""
+
+    name: str
+    kind: str
+    units_before: int
+    units_after: int
+    params_before: int
+    params_after: int
+    heads_before: int | None = None
+    heads_after: int | None = None
+    head_dim_before: int | None = None
+    head_dim_after: int | None = None
+    width_after: int | None = None  # physical width (units_after rounded up to round_to)
+    keep: torch.Tensor | None = field(default=None, repr=False)  # MLP: kept channels; attention: kept kv heads
+    keep_v: torch.Tensor | None = field(default=None, repr=False)  # attention: (heads_after, head_dim_after) channels
+    zero: torch.Tensor | None = field(default=None, repr=False)  # kept-but-pruned positions (bool, like keep/keep_v)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("keep", "keep_v", "zero")}
+
+
+@dataclass
+class PruningPlan:
+    """Per-group kept units and exact parameter counts; after `shrink`, also FLOPs and the exactness error.
+
+    Printable as a markdown table (`str(plan)`), JSON-serialisable (`plan.to_dict()`, `plan.to_json()`).
+    """
+
+    model_class: str
+    groups: list[GroupPlan]
+    params_before: int
+    params_after: int
+    flops_before: int | None = None
+    flops_after: int | None = None
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of prunable units (channels) removed."""
+        before = sum(g.units_before for g in self.groups)
+        return 1.0 - sum(g.units_after for g in self.groups) / before
+
+    @property
+    def layout(self) -> dict[str, dict]:
+        """Per block, the sizes a freshly built model needs to take this shape (stored in the config)."""
+        layout = {}
+        for g in self.groups:
+            if g.kind == "attention":
+                layout[g.name] = {"kind": "attention", "num_kv_heads": g.heads_after, "v_head_dim": g.head_dim_after}
+            else:
+                layout[g.name] = {"kind": "mlp", "width": g.width_after}
+        return layout
+
+    def to_dict(self) -> dict:
+        return {
+            "model_class": self.model_class,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "flops_before": self.flops_before,
+            "flops_after": self.flops_after,
+            "sparsity": self.sparsity,
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": self.max_rel_error,
+            "groups": [g.to_dict() for g in self.groups],
+        }
+
+    def to_json(self, path: str | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def __str__(self) -> str:
+        lines = [
+            "| block | kind | kept units | heads | value head dim | params before | params after |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for g in self.groups:
+            heads = f"{g.heads_after}/{g.heads_before}" if g.kind == "attention" else ""
+            hdim = f"{g.head_dim_after}/{g.head_dim_before}" if g.kind == "attention" else ""
+            lines.append(
+                f"| {g.name} | {g.kind} | {g.units_after}/{g.units_before} | {heads} | {hdim} | "
+                f"{g.params_before:,} | {g.params_after:,} |"
+            )
+        ratio = self.params_after / self.params_before
+        lines.append(f"\nparameters: {self.params_before:,} -> {self.params_after:,} ({ratio:.1%})")
+        if self.flops_before:
+            lines.append(
+                f"FLOPs (batch 1): {self.flops_before:,} -> {self.flops_after:,} ({self.flops_after / self.flops_before:.1%})"
+            )
+        if self.max_rel_error is not None:
+            lines.append(
+                f"masked vs shrunk forecast: max abs error {self.max_abs_error:.2e}, relative {self.max_rel_error:.2e}"
+            )
+        return "\n".join(lines)
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for n, p in module.named_parameters() if not n.endswith("hf_tsprune_mask"))
+
+
+def _row(layer: nn.Linear) -> int:
+    return layer.in_features + (1 if layer.bias is not None else 0)
+
+
+def _fill(alive: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the alive positions plus the lowest-index dead ones up to `count`, sorted; and which are dead."""
+    idx = torch.nonzero(alive).flatten()
+    dead = torch.nonzero(~alive).flatten()[: max(0, count - idx.numel())]
+    keep = torch.sort(torch.cat([idx, dead])).values
+    return keep, ~alive[keep]
+
+
+def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_empty_blocks: bool) -> GroupPlan:
+    group, module = masked.group, masked.module
+    before = _params(module)
+    if not isinstance(group, AttentionGroup):
+        width = mask.numel()
+        kept = int(mask.sum())
+        target = min(width, -(-kept // round_to) * round_to) if kept else 0
+        keep, zero = _fill(mask, target)
+        producers = [module.get_submodule(p) for p in group.producers]
+        consumer = module.get_submodule(group.consumer)
+        removed = (width - target) * (sum(_row(p) for p in producers) + consumer.out_features)
+        return GroupPlan(
+            masked.name, "mlp", width, kept, before, before - removed, width_after=target, keep=keep, zero=zero
+        )
+    heads, head_dim, g = masked.num_kv_heads, masked.head_dim, masked.kv_groups
+    per_head = mask.view(heads, head_dim)
+    head_alive = per_head.any(dim=1)
+    kept_heads = torch.nonzero(head_alive).flatten()
+    kept_units = int(mask.sum())
+    if kept_heads.numel() == 0:
+        if not allow_empty_blocks:
+            raise ValueError(
+                f"The masks remove every head of {masked.name}. Pass `allow_empty_blocks=True` to replace the block by "
+                "its exact constant equivalent (`EmptyAttention`), or keep `min_units_per_group >= 1` when pruning."
+            )
+        o = module.get_submodule(group.o)
+        after = o.bias.numel() if o.bias is not None else 0
+        return GroupPlan(
+            masked.name, "attention", mask.numel(), 0, before, after, heads, 0, head_dim, 0,
+            keep=kept_heads, keep_v=torch.zeros(0, 0, dtype=torch.long), zero=torch.zeros(0, 0, dtype=torch.bool),
+        )  # fmt: skip
+    if group.v_head_dim_forward is not None:
+        most = int(per_head.sum(dim=1).max())
+        new_dim = min(head_dim, -(-most // round_to) * round_to)
+    else:
+        new_dim = head_dim
+    filled = [_fill(per_head[h], new_dim) for h in kept_heads.tolist()]
+    keep_v = torch.stack([f[0] for f in filled])
+    zero = torch.stack([f[1] for f in filled])
+    q, k, v, o = (module.get_submodule(getattr(group, a)) for a in "qkvo")
+    qk_dim = int(getattr(module, group.head_dim_attr))
+    gone_heads = heads - kept_heads.numel()
+    removed = gone_heads * qk_dim * (g * _row(q) + _row(k))
+    removed += (heads * head_dim - kept_heads.numel() * new_dim) * (_row(v) + g * o.out_features)
+    return GroupPlan(
+        masked.name, "attention", mask.numel(), kept_units, before, before - removed, heads, int(kept_heads.numel()),
+        head_dim, new_dim, keep=kept_heads, keep_v=keep_v, zero=zero,
+    )  # fmt: skip
+
+
+def make_plan(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor] | None = None,
+    round_to: int = 1,
+    allow_empty_blocks: bool = False,
+    spec: ArchitectureSpec | None = None,
+) -> PruningPlan:
+    """Computes what `shrink` would keep, with exact parameter counts, without changing the model.
+
+    Args:
+        model: a model of a supported class (masks installed or not).
+        masks: boolean masks keyed by block name (True = kept); defaults to the installed masks. Missing blocks are
+            kept whole.
+        round_to: round feed-forward widths and value head dimensions up to a multiple of this (kept pruned channels
+            become exact zeros).
+        allow_empty_blocks: allow attention blocks with no head left (replaced by `EmptyAttention`).
+    """
+    spec = spec or get_spec(model)
+    groups = getattr(model, _STATE_ATTR, None) or describe_groups(model, spec)
+    if masks is None:
+        masks = get_masks(model)
+    unknown = set(masks) - {g.name for g in groups}
+    if unknown:
+        raise ValueError(f"Masks name blocks this model does not have: {sorted(unknown)}.")
+    plans = []
+    for masked in groups:
+        mask = masks.get(masked.name, torch.ones(masked.num_units, dtype=torch.bool)).bool().cpu()
+        if mask.numel() != masked.num_units:
+            raise ValueError(f"Mask for {masked.name} has {mask.numel()} units; the model has {masked.num_units}.")
+        plans.append(_plan_group(masked, mask, round_to, allow_empty_blocks))
+    total = _params(model)
+    after = total - sum(p.params_before - p.params_after for p in plans)
+    return PruningPlan(type(model).__name__, plans, total, after)
+
+
+def _sliced_linear(layer: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    weight = layer.weight.detach()
+    if rows is not None:
+        weight = weight[rows.to(weight.device)]
+    if cols is not None:
+        weight = weight[:, cols.to(weight.device)]
+    new = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=layer.bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias.detach()[rows.to(weight.device)] if rows is not None else layer.bias.detach())
+    new.weight.requires_grad_(layer.weight.requires_grad)
+    if new.bias is not None:
+        new.bias.requires_grad_(layer.bias.requires_grad)
+    return new
+
+
+_V_HEAD_DIM_CLASSES: dict[type, type] = {}
+
+
+def _with_v_head_dim(module: nn.Module, forward) -> None:
+    cls = type(module)
+    if getattr(cls, "_hf_tsprune_v_head_dim", False):
+        return
+    if cls not in _V_HEAD_DIM_CLASSES:
+        _V_HEAD_DIM_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward, "_hf_tsprune_v_head_dim": True})
+    module.__class__ = _V_HEAD_DIM_CLASSES[cls]
+
+
+def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None:
+    group, module = masked.group, masked.module
+    if plan.kind == "mlp":
+        for path in group.producers:
+            set_submodule(module, path, _sliced_linear(module.get_submodule(path), rows=plan.keep))
+        consumer = _sliced_linear(module.get_submodule(group.consumer), cols=plan.keep)
+        with torch.no_grad():
+            consumer.weight[:, plan.zero.to(consumer.weight.device)] = 0
+        set_submodule(module, group.consumer, consumer)
+        for attr in group.width_attrs:
+            setattr(module, attr, plan.width_after)
+        return
+    o = module.get_submodule(group.o)
+    if plan.heads_after == 0:
+        set_submodule(model, masked.name, EmptyAttention(o.out_features, o.bias))
+        return
+    q, k, v = (module.get_submodule(getattr(group, a)) for a in "qkv")
+    qk_dim = int(getattr(module, group.head_dim_attr))
+    g = masked.kv_groups
+    kv_rows = (plan.keep[:, None] * qk_dim + torch.arange(qk_dim)).flatten()
+    q_heads = (plan.keep[:, None] * g + torch.arange(g)).flatten()  # query heads reading the kept kv heads
+    q_rows = (q_heads[:, None] * qk_dim + torch.arange(qk_dim)).flatten()
+    v_rows = (plan.keep[:, None] * masked.head_dim + plan.keep_v).flatten()
+    o_cols = (q_heads[:, None] * masked.head_dim + plan.keep_v.repeat_interleave(g, dim=0)).flatten()
+    o_zero = plan.zero.repeat_interleave(g, dim=0).flatten()
+    new_o = _sliced_linear(o, cols=o_cols)
+    with torch.no_grad():
+        new_o.weight[:, o_zero.to(new_o.weight.device)] = 0
+    for attr, layer, rows in ((group.q, q, q_rows), (group.k, k, kv_rows), (group.v, v, v_rows)):
+        set_submodule(module, attr, _sliced_linear(layer, rows=rows))
+    set_submodule(module, group.o, new_o)
+    for attr in group.num_heads_attrs:
+        setattr(module, attr, int(q_heads.numel()))
+    for attr in group.num_kv_heads_attrs:
+        setattr(module, attr, int(plan.keep.numel()))
+    sizes = {"q": q_rows.numel(), "kv": kv_rows.numel(), "o": o_cols.numel()}
+    for attr, which in group.size_attrs.items():
+        setattr(module, attr, int(sizes[which]))
+    if plan.head_dim_after != masked.head_dim or hasattr(module, "v_head_dim"):
+        if group.v_head_dim_forward is None:
+            raise ValueError(f"{masked.name}: the spec has no value-head-dimension forward; cannot change it.")
+        module.v_head_dim = int(plan.head_dim_after)
+        _with_v_head_dim(module, group.v_head_dim_forward)
+
+
+def count_flops(model: nn.Module, inputs: dict, spec: ArchitectureSpec | None = None) -> int:
+    """FLOPs of one forecast on `inputs` (torch.utils.flop_counter; matmuls and attention)."""
+    spec = spec or get_spec(model)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        spec.forecast(model, inputs)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def shrink(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor] | None = None,
+    *,
+    round_to: int = 1,
+    allow_empty_blocks: bool = False,
+    verify: bool = True,
+    tolerance: float = 1e-4,
+    example_inputs: dict | None = None,
+    count_model_flops: bool = True,
+) -> PruningPlan:
+    """Physically removes the pruned channels and heads of `model`, in place; returns the plan with its figures.
+
+    Call it after the prune run (`trainer.train()` returned): never inside a running Trainer, whose optimizer would
+    keep the old parameters. The installed masks (or `masks`) say what goes; they are removed afterwards.
+
+    Args:
+        model: a model of a supported class, with masks installed or with `masks` given.
+        masks: boolean masks keyed by block name (True = kept); defaults to the installed masks.
+        round_to: round feed-forward widths and value head dimensions up to a multiple of this.
+        allow_empty_blocks: replace attention blocks with no head left by `EmptyAttention` (else `ValueError`).
+        verify: compare the masked and the shrunk model's forecast on `example_inputs` (raises above `tolerance`,
+            relative to the forecast's largest magnitude).
+        example_inputs: forward kwargs for the check and FLOP counts (default: the spec's, batch 1, seed 0).
+        count_model_flops: measure FLOPs before and after.
+
+    Returns:
+        `PruningPlan` with parameters, FLOPs before/after and the measured masked-vs-shrunk error.
+    """
+    from .masks import unwrap
+
+    model = unwrap(model)
+    spec = get_spec(model)
+    if getattr(model, _STATE_ATTR, None) is None:
+        if masks is None:
+            raise ValueError("No masks installed and none given: pass `masks` or call `install_masks` first.")
+        install_masks(model, spec, freeze=False)
+        set_masks(model, masks)
+    elif masks is not None:
+        set_masks(model, masks)
+    groups = getattr(model, _STATE_ATTR)
+    plan = make_plan(model, get_masks(model), round_to=round_to, allow_empty_blocks=allow_empty_blocks, spec=spec)
+    was_training = model.training
+    model.eval()
+    if example_inputs is None:
+        example_inputs = spec.example_inputs(model, 1, generator=torch.Generator().manual_seed(0))
+    reference = spec.forecast(model, example_inputs) if verify else None
+    remove_masks(model)
+    if count_model_flops:
+        plan.flops_before = count_flops(model, example_inputs, spec)
+    for masked, group_plan in zip(groups, plan.groups):
+        _apply_group(model, masked, group_plan)
+    layout = dict(getattr(model.config, LAYOUT_ATTR, None) or {})
+    layout.update(plan.layout)
+    setattr(model.config, LAYOUT_ATTR, layout)
+    if count_model_flops:
+        plan.flops_after = count_flops(model, example_inputs, spec)
+    actual = _params(model)
+    if actual != plan.params_after:
+        raise RuntimeError(f"Internal error: shrunk model has {actual} parameters, the plan says {plan.params_after}.")
+    if verify:
+        output = spec.forecast(model, example_inputs)
+        err = (output - reference).abs().max().item()
+        plan.max_abs_error = err
+        plan.max_rel_error = err / max(reference.abs().max().item(), 1e-12)
+        if plan.max_rel_error > tolerance:
+            raise RuntimeError(
+                f"Shrunk model differs from the masked one by {plan.max_rel_error:.2e} (relative) on {spec.model_type}; "
+                "please report this with the model config."
+            )
+    model.train(was_training)
+    return plan

@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from hf_tsprune.scoring import PruningConfig, TaylorScorer, ema_update, select_units_to_prune, taylor_scores
+
+
+def test_taylor_score_hand_computed():
+    # y = sum(w * x * m), loss = y  =>  d loss / d m = w * x;  score = -w * x * m
+    w, x = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 3.0, -4.0])
+    m = torch.tensor([1.0, 1.0, 0.0], requires_grad=True)
+    (w * x * m).sum().backward()
+    assert torch.equal(m.grad, torch.tensor([2.0, -3.0, -2.0]))
+    assert torch.equal(taylor_scores(m.grad, m), torch.tensor([-2.0, 3.0, 0.0]))
+
+
+def test_ema():
+    first = ema_update(None, torch.tensor([1.0, 2.0]), 0.3)
+    assert torch.equal(first, torch.tensor([1.0, 2.0]))
+    second = ema_update(first, torch.tensor([3.0, 0.0]), 0.3)
+    assert torch.allclose(second, torch.tensor([0.3 * 3 + 0.7 * 1, 0.7 * 2]))
+    assert torch.equal(ema_update(first, torch.tensor([5.0, 6.0]), 1.0), torch.tensor([5.0, 6.0]))
+
+
+def test_global_threshold_and_deterministic_ties():
+    scores = [torch.tensor([0.5, 0.1, 0.9]), torch.tensor([0.1, 0.1, 0.2])]
+    alive = [torch.ones(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)]
+    out = select_units_to_prune(scores, alive, 2, min_alive=[0, 0])
+    # three units tie at 0.1: group 0 first, then lower index within group 1
+    assert out[0].tolist() == [False, True, False] and out[1].tolist() == [True, False, False]
+    for _ in range(3):  # same answer every time
+        again = select_units_to_prune(scores, alive, 2, min_alive=[0, 0])
+        assert all(torch.equal(a, b) for a, b in zip(out, again))
+    out = select_units_to_prune(scores, alive, 4, min_alive=[0, 0])
+    assert out[0].tolist() == [False, True, False] and out[1].tolist() == [True, True, True]
+
+
+def test_dead_units_and_min_alive():
+    scores = [torch.tensor([0.0, 1.0, 2.0, 3.0])]
+    alive = [torch.tensor([False, True, True, True])]
+    out = select_units_to_prune(scores, alive, 10, min_alive=[1])
+    assert out[0].tolist() == [False, True, True, False]  # dead unit untouched, one unit kept
+
+
+def test_cost_normalised_mode():
+    scores = [torch.tensor([2.0, 3.0]), torch.tensor([1.0, 1.5])]
+    alive = [torch.ones(2, dtype=torch.bool)] * 2
+    costs = [torch.full((2,), 100.0), torch.full((2,), 1.0)]
+    raw = select_units_to_prune(scores, alive, 1, min_alive=[0, 0])
+    assert raw[1].tolist() == [True, False] and not raw[0].any()
+    per_param = select_units_to_prune(scores, alive, 1, costs=costs, min_alive=[0, 0])
+    assert per_param[0].tolist() == [True, False] and not per_param[1].any()  # 2/100 < 1/1
+
+
+def test_round_to_blocks():
+    torch.manual_seed(0)
+    scores = [torch.rand(16), torch.rand(6)]
+    alive = [torch.ones(16, dtype=torch.bool), torch.ones(6, dtype=torch.bool)]
+    for n in range(1, 12):
+        out = select_units_to_prune(scores, alive, n, block_sizes=[4, 1], min_alive=[4, 1])
+        kept = 16 - int(out[0].sum())
+        assert kept % 4 == 0 and kept >= 4
+        if out[0].any():  # the block holds the lowest-scored channels of the group
+            assert scores[0][out[0]].max() <= scores[0][~out[0]].min()
+    # a width that is not a multiple first loses the remainder
+    out = select_units_to_prune(
+        [torch.rand(10)], [torch.ones(10, dtype=torch.bool)], 1, block_sizes=[4], min_alive=[4]
+    )
+    assert int(out[0].sum()) == 2
+
+
+def test_scorer_schedule_math():
+    config = PruningConfig(ratio_per_epoch=0.5, ema=1.0, min_units_per_group=0)
+    scorer = TaylorScorer(config, [4, 4], [torch.ones(4), torch.ones(4)], [True, False])
+    scorer.update([torch.tensor([-1.0, -2, -3, -4]), torch.tensor([-0.5, -5, -6, -7])], [torch.ones(4)] * 2)
+    assert scorer.prune(3) == 3
+    assert scorer.alive[0].tolist() == [False, False, True, True] and scorer.alive[1].tolist() == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert scorer.sparsity == pytest.approx(3 / 8)
+    state = scorer.state_dict()
+    other = TaylorScorer(config, [4, 4], [torch.ones(4), torch.ones(4)], [True, False])
+    other.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(other.alive, scorer.alive))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(ratio_per_epoch=0.0), "ratio_per_epoch"),
+        (dict(ratio_per_epoch=1.0), "ratio_per_epoch"),
+        (dict(ema=0.0), "ema"),
+        (dict(ema=1.5), "ema"),
+        (dict(max_sparsity=1.0), "max_sparsity"),
+        (dict(round_to=0), "round_to"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PruningConfig(**kwargs)
