@@ -419,3 +419,31 @@ def shrink(
             )
     model.train(was_training)
     return plan
+
+
+def layout_masks(model: nn.Module, layout: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Masks that give a freshly built model the shapes of `layout` (the first units of each group are kept)."""
+    groups = {g.name: g for g in (getattr(model, _STATE_ATTR, None) or describe_groups(model))}
+    masks = {}
+    for name, sizes in layout.items():
+        if name not in groups:
+            raise ValueError(
+                f"The pruned layout names block {name!r}, which this {type(model).__name__} does not have: the "
+                "checkpoint's layout does not match its base config."
+            )
+        group = groups[name]
+        mask = torch.zeros(group.num_units, dtype=torch.bool)
+        if sizes["kind"] == "mlp":
+            mask[: sizes["width"]] = True
+        else:
+            per_head = mask.view(group.num_kv_heads, group.head_dim)
+            per_head[: sizes["num_kv_heads"], : sizes["v_head_dim"]] = True
+        masks[name] = mask
+    return masks
+
+
+def apply_layout(model: nn.Module, layout: dict[str, dict]) -> nn.Module:
+    """Gives a freshly built (unpruned) model the per-layer sizes recorded in `config.hf_tsprune_layout`, so that a
+    pruned checkpoint's weights load into it exactly. The weights it keeps are placeholders to be overwritten."""
+    shrink(model, layout_masks(model, layout), allow_empty_blocks=True, verify=False, count_model_flops=False)
+    return model

@@ -157,3 +157,21 @@ def test_shrink_with_external_masks_and_errors():
     masks = random_masks(reference, 0.4)
     plan = shrink(model, masks, allow_empty_blocks=True)
     assert plan.max_rel_error < 1e-5 and params(model) == plan.params_after
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_apply_layout_rebuilds_the_shrunk_shapes(name):
+    from hf_tsprune.surgery import apply_layout
+
+    model = build(name)
+    install_masks(model)
+    shrink(model, random_masks(model, 0.6, seed=2), allow_empty_blocks=True)
+    fresh = apply_layout(build(name, seed=5), model.config.hf_tsprune_layout)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    fresh.load_state_dict(model.state_dict())
+    spec = get_spec(model)
+    inputs = spec.example_inputs(model, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(spec.forecast(model, inputs), spec.forecast(fresh, inputs))
+    with pytest.raises(ValueError, match="does not match its base config"):
+        apply_layout(build(name), {"no.such.block": {"kind": "mlp", "width": 1}})
