@@ -146,7 +146,9 @@ def install_masks(model: nn.Module, spec: ArchitectureSpec | None = None, freeze
     Args:
         model (`nn.Module`): a model of a supported class.
         spec (`ArchitectureSpec`, *optional*): defaults to the registered spec for the model's class.
-        freeze (`bool`, defaults to `True`): set `requires_grad=False` on every weight (the prune run's setting).
+        freeze (`bool`, defaults to `True`): set `requires_grad=False` on every weight (the prune run's setting) and
+            freeze batch-norm statistics (batch-norm layers run as in inference: running statistics, never updated,
+            so the prune run scores the function the model will serve).
 
     Returns:
         The list of `MaskedGroup`s, also kept on the model (see `masked_groups`).
@@ -154,11 +156,14 @@ def install_masks(model: nn.Module, spec: ArchitectureSpec | None = None, freeze
     if getattr(model, _STATE_ATTR, None):
         raise ValueError("Masks are already installed on this model; call `remove_masks(model)` first.")
     groups = describe_groups(model, spec)
-    frozen = {}
+    frozen, hooks = {}, []
     if freeze:
         for pname, param in model.named_parameters():
             frozen[pname] = param.requires_grad
             param.requires_grad_(False)
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                hooks.append(module.register_forward_pre_hook(_inference_mode_norm))
     device = next(model.parameters()).device
     for masked in groups:
         consumer = masked.consumer
@@ -166,8 +171,13 @@ def install_masks(model: nn.Module, spec: ArchitectureSpec | None = None, freeze
         consumer.register_parameter(MASK_NAME, masked.mask)
         masked.hook = consumer.register_forward_pre_hook(_ApplyMask(masked))
     object.__setattr__(model, _STATE_ATTR, groups)
-    object.__setattr__(model, "_hf_tsprune_frozen", frozen)
+    object.__setattr__(model, "_hf_tsprune_frozen", (frozen, hooks))
     return groups
+
+
+def _inference_mode_norm(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook keeping a batch-norm layer on its running statistics (the Trainer calls `model.train()`)."""
+    module.training = False
 
 
 def masked_groups(model: nn.Module) -> list[MaskedGroup]:
@@ -223,8 +233,11 @@ def remove_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     for masked in masked_groups(model):
         masked.hook.remove()
         del masked.consumer._parameters[MASK_NAME]
+    frozen, hooks = model._hf_tsprune_frozen
     for pname, param in model.named_parameters():
-        param.requires_grad_(model._hf_tsprune_frozen.get(pname, param.requires_grad))
+        param.requires_grad_(frozen.get(pname, param.requires_grad))
+    for hook in hooks:
+        hook.remove()
     object.__setattr__(model, _STATE_ATTR, None)
     return masks
 

@@ -1,0 +1,119 @@
+import pytest
+import torch
+from models import NO_DROPOUT
+from torch.utils.data import Dataset
+from transformers import PatchTSTConfig, PatchTSTForPrediction, Trainer, TrainerCallback, TrainingArguments
+
+from hf_tsprune import PruningCallback, PruningConfig, install_masks, shrink
+from hf_tsprune.masks import get_masks
+
+CONTEXT, HORIZON = 32, 8
+
+
+class SineWindows(Dataset):
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        t = torch.arange(CONTEXT + HORIZON).float()
+        series = torch.sin(t / 3 + torch.rand(n, 1, generator=g) * 6.28) + 0.1 * torch.randn(n, t.numel(), generator=g)
+        self.x = series.unsqueeze(-1)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"past_values": self.x[i, :CONTEXT], "future_values": self.x[i, CONTEXT:]}
+
+
+class MaskSpy(TrainerCallback):
+    """Records the masks in force at every evaluation (runs after PruningCallback)."""
+
+    def __init__(self):
+        self.at_eval = {}
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        self.at_eval[state.global_step] = (metrics["eval_loss"], get_masks(model))
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    config = PatchTSTConfig(
+        context_length=CONTEXT, prediction_length=HORIZON, num_input_channels=1, patch_length=8, patch_stride=8,
+        d_model=16, num_attention_heads=4, num_hidden_layers=2, ffn_dim=32, **NO_DROPOUT,
+    )  # fmt: skip
+    return PatchTSTForPrediction(config)
+
+
+def run(tmp_path, config, epochs=1, accumulation=1, batch=8, n_train=400, **overrides):
+    model = tiny_model()
+    install_masks(model)
+    callback, spy = PruningCallback(config), MaskSpy()
+    kwargs = dict(
+        num_train_epochs=epochs, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+        eval_strategy="steps", eval_steps=5, max_grad_norm=0.0, label_names=["future_values"], report_to=[],
+        logging_steps=5, save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-2, weight_decay=0.1,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(str(tmp_path), **kwargs),
+        train_dataset=SineWindows(n_train, 0),
+        eval_dataset=SineWindows(64, 1),
+        callbacks=[callback, spy],
+    )
+    trainer.train()
+    return model, callback, spy, trainer
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_prunes_on_schedule_and_keeps_best_masks(tmp_path, accumulation):
+    model, callback, spy, trainer = run(
+        tmp_path, PruningConfig(ratio_per_epoch=0.3, ema=0.5), accumulation=accumulation
+    )
+    # sparsity reached at the end of the epoch is the target, within 2 points
+    final = max(spy.at_eval)
+    final_sparsity = next(h["sparsity"] for h in callback.history if h["step"] == final)
+    assert abs(final_sparsity - 0.3) <= 0.02
+    # the model ends with the mask set of the best evaluation
+    losses = {step: loss for step, (loss, _) in spy.at_eval.items()}
+    best = min(losses, key=losses.get)
+    assert callback.best_step == best and callback.best_metric == pytest.approx(losses[best])
+    final_masks = get_masks(model)
+    assert all(torch.equal(final_masks[k], spy.at_eval[best][1][k]) for k in final_masks)
+    # masks are exactly 0/1: the optimizer (lr 1e-2, weight decay) never moved them
+    for name, param in model.named_parameters():
+        if name.endswith("hf_tsprune_mask"):
+            assert set(param.detach().unique().tolist()) <= {0.0, 1.0}
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all("sparsity" in e and "params" in e for e in logged)
+    assert logged[-1]["params"] < logged[0]["params"]
+    plan = shrink(model)
+    assert plan.max_rel_error < 1e-5
+
+
+def test_frozen_weights_do_not_move(tmp_path):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    install_masks(model)
+    callback = PruningCallback(PruningConfig(ratio_per_epoch=0.2))
+    args = TrainingArguments(str(tmp_path), num_train_epochs=1, per_device_train_batch_size=16, max_grad_norm=0.0,
+                             label_names=["future_values"], report_to=[], save_strategy="no", use_cpu=True,
+                             disable_tqdm=True, learning_rate=0.1)  # fmt: skip
+    Trainer(model=model, args=args, train_dataset=SineWindows(64, 0), callbacks=[callback]).train()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_stops_at_max_sparsity(tmp_path):
+    config = PruningConfig(ratio_per_epoch=0.5, ema=1.0, max_sparsity=0.2)
+    model, callback, spy, trainer = run(tmp_path, config, epochs=3)
+    assert callback.finished
+    assert trainer.state.global_step < 3 * 50  # stopped early
+    assert callback.history[-1]["sparsity"] == pytest.approx(0.2, abs=0.011)
+
+
+def test_requires_masks(tmp_path):
+    model = tiny_model()
+    args = TrainingArguments(str(tmp_path), max_steps=1, report_to=[], use_cpu=True, label_names=["future_values"])
+    trainer = Trainer(model=model, args=args, train_dataset=SineWindows(8, 0), callbacks=[PruningCallback()])
+    with pytest.raises(ValueError, match="install_masks"):
+        trainer.train()
