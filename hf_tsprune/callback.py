@@ -79,6 +79,14 @@ class PruningCallback(TrainerCallback):
                 f"max_grad_norm={args.max_grad_norm} clips the mask gradients before they are scored, which rescales "
                 "the Taylor scores between steps; set max_grad_norm=0 for the prune run."
             )
+        resumed = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
+        if state.global_step > 0 and os.path.isfile(resumed):
+            self.load_state_dict(torch.load(resumed, weights_only=True), groups)
+            logger.info(f"hf_tsprune: resumed the prune run (EMA scores, masks, best set) from {resumed}.")
+        elif state.global_step > 0:
+            logger.warning(
+                f"hf_tsprune: resuming at step {state.global_step} without {resumed}; the EMA scores restart from zero."
+            )
         if self.scorer is None:
             self.scorer = TaylorScorer(
                 self.config,
@@ -86,7 +94,7 @@ class PruningCallback(TrainerCallback):
                 [g.unit_cost for g in groups],
                 [g.group.kind == "mlp" for g in groups],
             )
-        if train_dataloader is not None:
+        if train_dataloader is not None and not state.global_step:
             self.steps_per_epoch = max(math.ceil(len(train_dataloader) / args.gradient_accumulation_steps), 1)
         elif state.max_steps and args.num_train_epochs:
             self.steps_per_epoch = max(int(state.max_steps // args.num_train_epochs), 1)

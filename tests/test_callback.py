@@ -117,3 +117,28 @@ def test_requires_masks(tmp_path):
     trainer = Trainer(model=model, args=args, train_dataset=SineWindows(8, 0), callbacks=[PruningCallback()])
     with pytest.raises(ValueError, match="install_masks"):
         trainer.train()
+
+
+def test_resume_mid_run_reaches_the_same_masks(tmp_path):
+    config = dict(ratio_per_epoch=0.4, ema=0.3)
+    common = dict(save_strategy="steps", save_steps=10, eval_steps=10, n_train=160, epochs=2)
+    full_model, full_cb, _, _ = run(tmp_path / "full", PruningConfig(**config), **common)
+    # interrupted run: same settings, resumed from the step-10 checkpoint of the full run's twin
+    run(tmp_path / "half", PruningConfig(**config), **common)
+    checkpoint = tmp_path / "half" / "checkpoint-10"
+    assert (checkpoint / "hf_tsprune_pruning_state.pt").is_file()
+    model = tiny_model()
+    install_masks(model)
+    callback = PruningCallback(PruningConfig(**config))
+    args = TrainingArguments(
+        str(tmp_path / "half"), num_train_epochs=2, per_device_train_batch_size=8, eval_strategy="steps",
+        eval_steps=10, max_grad_norm=0.0, label_names=["future_values"], report_to=[], save_strategy="steps",
+        save_steps=10, use_cpu=True, disable_tqdm=True, learning_rate=1e-2, weight_decay=0.1,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=SineWindows(160, 0), eval_dataset=SineWindows(64, 1),
+                      callbacks=[callback])  # fmt: skip
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert callback.best_step == full_cb.best_step
+    resumed, full = get_masks(model), get_masks(full_model)
+    assert all(torch.equal(resumed[k], full[k]) for k in full)
+    assert [h["step"] for h in callback.history] == [h["step"] for h in full_cb.history]
