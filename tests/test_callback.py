@@ -142,3 +142,27 @@ def test_resume_mid_run_reaches_the_same_masks(tmp_path):
     resumed, full = get_masks(model), get_masks(full_model)
     assert all(torch.equal(resumed[k], full[k]) for k in full)
     assert [h["step"] for h in callback.history] == [h["step"] for h in full_cb.history]
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """CPU DDP over gloo: masks agree across ranks and with one process over the same global batch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(here)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    subprocess.run([*launch, str(here / "ddp_prune_worker.py"), str(tmp_path / "ddp"), "8"], env=env, check=True,
+                   timeout=300, capture_output=True)  # fmt: skip
+    subprocess.run([sys.executable, str(here / "ddp_prune_worker.py"), str(tmp_path / "one"), "16"], env=env,
+                   check=True, timeout=300, capture_output=True)  # fmt: skip
+    rank0, rank1 = (torch.load(tmp_path / "ddp" / f"masks_rank{r}.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "one" / "masks_rank0.pt")
+    assert rank0["world"] == rank1["world"] == 2 and single["world"] == 1
+    for name, mask in single["masks"].items():
+        assert torch.equal(rank0["masks"][name], rank1["masks"][name])
+        assert torch.equal(rank0["masks"][name], mask)
+    assert rank0["best_step"] == rank1["best_step"] == single["best_step"]
+    assert 0 < sum(int((~m).sum()) for m in single["masks"].values())
