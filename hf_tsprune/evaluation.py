@@ -1,0 +1,349 @@
+"""Evaluate forecasting models and naive baselines on window datasets, with per-horizon metrics.
+
+- [`NaiveForecaster`]: the `repeat_last` and `seasonal_naive` baselines, vectorised over numpy arrays.
+- [`load_forecaster`]: a Hub id or local folder of a supported model (TimesFM, TimesFM 2.5, PatchTST, PatchTSMixer),
+  or a baseline name.
+- [`forecast`]: forecast any horizon from any context length with a model, rolling out autoregressively when the
+  model's native horizon is shorter than asked.
+- [`evaluate_forecaster`]: batches over a split made by [`hf_tsprune.data.load_forecasting_dataset`] with a progress
+  bar and returns MSE/MAE on scaled values (the LTSF protocol), optionally MASE (scale-free), sMAPE and the weighted
+  quantile loss (on the original scale), with per-step curves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from .adapters import ADAPTERS, ForecastAdapter, ModelForecast, get_adapter
+from .data import WindowBatches, get_window_source, seasonal_period, timesfm_frequency_index
+from .metrics import ForecastMetrics
+
+logger = logging.get_logger(__name__)
+
+NAIVE_BASELINES = ("repeat_last", "seasonal_naive")
+"""Names of the naive baselines accepted by [`load_forecaster`] and [`NaiveForecaster`]."""
+
+
+@dataclass
+class NaiveForecaster:
+    """A naive forecasting baseline, vectorised on numpy arrays.
+
+    - `repeat_last`: every step repeats the last value of the context;
+    - `seasonal_naive`: step `h` repeats the value one season before (`y[t + h - season_length * k]`).
+
+    Args:
+        method (`str`): `"repeat_last"` or `"seasonal_naive"`.
+        season_length (`int`, *optional*): Season of `seasonal_naive`; taken from the data frequency
+            ([`hf_tsprune.data.seasonal_period`]) when `None`.
+    """
+
+    method: str = "repeat_last"
+    season_length: int | None = None
+
+    def __post_init__(self):
+        if self.method not in NAIVE_BASELINES:
+            raise ValueError(f"Unknown baseline {self.method!r}; choose one of {list(NAIVE_BASELINES)}.")
+        if self.season_length is not None and int(self.season_length) < 1:
+            raise ValueError(f"`season_length` must be a positive integer, got {self.season_length}.")
+
+    @property
+    def name(self) -> str:
+        return self.method
+
+    def predict(self, past_values: np.ndarray, prediction_length: int, season_length: int | None = None) -> np.ndarray:
+        """Forecast `(windows, prediction_length[, channels])` from contexts `(windows, context[, channels])`.
+
+        Args:
+            past_values (`np.ndarray` or `torch.Tensor`): The contexts.
+            prediction_length (`int`): Steps to forecast.
+            season_length (`int`, *optional*): Overrides the forecaster's season (seasonal naive only).
+        """
+        if hasattr(past_values, "detach"):
+            past_values = past_values.detach().cpu().numpy()
+        past_values = np.asarray(past_values)
+        context = past_values.shape[1]
+        if self.method == "repeat_last":
+            last = past_values[:, -1:]
+            return np.repeat(last, prediction_length, axis=1)
+        season = season_length or self.season_length
+        if season is None:
+            raise ValueError("`seasonal_naive` needs a season: pass `season_length` or data with a known frequency.")
+        season = int(season)
+        if context < season:
+            raise ValueError(
+                f"`seasonal_naive` with season {season} needs a context of at least {season} steps, got {context}: "
+                "raise `context_length` or lower `season_length`."
+            )
+        steps = context - season + (np.arange(prediction_length) % season)
+        return past_values[:, steps]
+
+
+def load_forecaster(
+    model_name_or_path: str | os.PathLike, season_length: int | None = None, **from_pretrained_kwargs: Any
+) -> NaiveForecaster | torch.nn.Module:
+    """Load a baseline by name or a supported model from the Hub or a local folder.
+
+    Args:
+        model_name_or_path (`str` or `os.PathLike`): `"repeat_last"`, `"seasonal_naive"`, a Hub model id or a folder
+            with a `config.json` of a supported model type (`timesfm`, `timesfm2_5`, `patchtst`, `patchtsmixer`).
+        season_length (`int`, *optional*): Season of the `seasonal_naive` baseline.
+        from_pretrained_kwargs: Passed to `from_pretrained` (e.g. `torch_dtype`, `revision`).
+
+    Returns:
+        A [`NaiveForecaster`] or the model, in eval mode.
+    """
+    name = os.fspath(model_name_or_path)
+    if name in NAIVE_BASELINES:
+        return NaiveForecaster(name, season_length)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        name, **{k: v for k, v in from_pretrained_kwargs.items() if k in ("revision", "token")}
+    )
+    adapter = get_adapter(config.model_type)
+    model = adapter.model_class().from_pretrained(name, **from_pretrained_kwargs)
+    return model.eval()
+
+
+def _rollout_limit(adapter: ForecastAdapter, model: torch.nn.Module, context_length: int) -> int:
+    limit = adapter.max_context(model)
+    return max(context_length, limit) if limit is not None else context_length
+
+
+@torch.inference_mode()
+def forecast(
+    model: torch.nn.Module,
+    past_values: torch.Tensor | np.ndarray,
+    prediction_length: int,
+    past_observed_mask: torch.Tensor | np.ndarray | None = None,
+    freq: str | int | None = None,
+    adapter: ForecastAdapter | None = None,
+) -> ModelForecast:
+    """Forecast `prediction_length` steps of a batch with a supported model, from contexts of any length.
+
+    When the model's native horizon is shorter, the point forecast is fed back as context (autoregressive rollout);
+    contexts longer than the model takes keep their last steps, shorter ones are padded (see
+    [`hf_tsprune.adapters`]).
+
+    Args:
+        model (`torch.nn.Module`): A supported model (see [`hf_tsprune.adapters.ADAPTERS`]).
+        past_values (`torch.Tensor` or `np.ndarray`): `(batch, context)` or `(batch, context, channels)`.
+        prediction_length (`int`): Steps to forecast.
+        past_observed_mask (*optional*): Same shape as `past_values`, 1 where observed.
+        freq (`str` or `int`, *optional*): Pandas frequency string or TimesFM category (TimesFM only; default 0).
+        adapter ([`ForecastAdapter`], *optional*): Defaults to the model's.
+
+    Returns:
+        [`ModelForecast`] with `mean` shaped like `past_values` but `prediction_length` long (and `quantiles` when the
+        model makes them).
+    """
+    if int(prediction_length) < 1:
+        raise ValueError(f"`prediction_length` must be a positive integer, got {prediction_length}.")
+    adapter = adapter or get_adapter(model)
+    values = torch.as_tensor(past_values, dtype=torch.float32)
+    squeeze = values.ndim == 2
+    if squeeze:
+        values = values[..., None]
+    if values.ndim != 3:
+        raise ValueError(f"`past_values` must be (batch, context[, channels]), got shape {tuple(values.shape)}.")
+    mask = torch.ones_like(values) if past_observed_mask is None else torch.as_tensor(past_observed_mask).float()
+    mask = mask.reshape(values.shape)
+    freq_index = freq if isinstance(freq, int) else timesfm_frequency_index(freq)
+    native = adapter.native_horizon(model)
+    limit = _rollout_limit(adapter, model, values.shape[1])
+    means, quantiles, levels, produced = [], [], None, 0
+    while produced < prediction_length:
+        step = adapter.predict(model, values, mask, freq_index)
+        take = min(native, prediction_length - produced)
+        means.append(step.mean[:, :take].cpu())
+        if step.quantiles is not None:
+            quantiles.append(step.quantiles[:, :take].cpu())
+            levels = step.quantile_levels
+        produced += take
+        if produced < prediction_length:
+            if step.mean.shape[2] != values.shape[2]:
+                raise ValueError(
+                    f"Cannot roll out {type(model).__name__} beyond its horizon {native}: it forecasts "
+                    f"{step.mean.shape[2]} of {values.shape[2]} channels. Lower `prediction_length` to {native}."
+                )
+            values = torch.cat([values, step.mean.cpu()], dim=1)[:, -limit:]
+            mask = torch.cat([mask, torch.ones_like(step.mean.cpu())], dim=1)[:, -limit:]
+    mean = torch.cat(means, dim=1)
+    quantile = torch.cat(quantiles, dim=1) if quantiles and len(quantiles) == len(means) else None
+    if squeeze:
+        mean = mean[..., 0]
+        quantile = None if quantile is None else quantile[:, :, 0]
+    return ModelForecast(mean=mean, quantiles=quantile, quantile_levels=levels if quantile is not None else None)
+
+
+def _count_windows(batches: WindowBatches) -> int:
+    index = batches._index
+    series = index["series_index"][: batches.total].astype(np.int64)
+    start = index["start"][: batches.total]
+    return int(len(np.unique(series * (int(start.max(initial=0)) + 1) + start)))
+
+
+def evaluate_forecaster(
+    forecaster: NaiveForecaster | torch.nn.Module | str,
+    dataset: datasets.Dataset,
+    *,
+    prediction_length: int | None = None,
+    metrics: Sequence[str] = ("mse", "mae"),
+    batch_size: int | None = None,
+    per_horizon: bool = True,
+    season_length: int | None = None,
+    freq: str | None = None,
+    device: str | torch.device | None = None,
+    max_windows: int | None = None,
+    show_progress: bool = True,
+    desc: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a model or baseline on one split of [`hf_tsprune.data.load_forecasting_dataset`].
+
+    Example:
+
+    ```python
+    >>> from hf_tsprune.data import load_forecasting_dataset
+    >>> from hf_tsprune.evaluation import evaluate_forecaster
+    >>> ds = load_forecasting_dataset("ETTh1", data_dir="../shared/data", prediction_length=96)
+    >>> evaluate_forecaster("repeat_last", ds["test"])["mse"]
+    1.2943...
+    ```
+
+    Args:
+        forecaster ([`NaiveForecaster`], `torch.nn.Module` or `str`): A baseline, a supported model, or a name/path
+            for [`load_forecaster`].
+        dataset (`datasets.Dataset`): A split of windows.
+        prediction_length (`int`, *optional*): Steps to score; at most (and by default) the windows' horizon.
+        metrics (`Sequence[str]`, *optional*, defaults to `("mse", "mae")`): Any of `mse`, `mae` (scaled values),
+            `mase` (scale-free), `smape`, `wql` (original scale; `wql` needs a model with quantile forecasts).
+        batch_size (`int`, *optional*): Items per batch; 8192 for baselines, 256 for models.
+        per_horizon (`bool`, *optional*, defaults to `True`): Add `per_horizon` curves (one value per step).
+        season_length (`int`, *optional*): Season of `seasonal_naive` and MASE; from the data frequency by default.
+        freq (`str`, *optional*): Overrides the data frequency (TimesFM frequency category, default season).
+        device (`str` or `torch.device`, *optional*): Moves the model there first; by default it stays put.
+        max_windows (`int`, *optional*): Score only the first items (quick checks).
+        show_progress (`bool`, *optional*, defaults to `True`): Show a tqdm bar.
+        desc (`str`, *optional*): Progress bar label.
+
+    Returns:
+        `dict`: the metrics, `n_windows` (distinct forecast origins: series x start), `n_items` (dataset rows, one
+        per channel when channel-independent), `num_values`, `prediction_length`, `context_length`, `seconds` and,
+        with `per_horizon`, `per_horizon` = {metric: [value per step]}.
+    """
+    started = time.perf_counter()
+    if isinstance(forecaster, (str, os.PathLike)):
+        forecaster = load_forecaster(forecaster, season_length=season_length)
+    source = get_window_source(dataset)
+    horizon = source.prediction_length if prediction_length is None else int(prediction_length)
+    if not 1 <= horizon <= source.prediction_length:
+        raise ValueError(
+            f"`prediction_length` must be between 1 and the windows' horizon {source.prediction_length}, "
+            f"got {horizon}: "
+            "load the data with a longer `prediction_length`."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The dataset has no window: lower `context_length`/`prediction_length` or use more data.")
+    freq = freq or source.freq
+    season = season_length or (forecaster.season_length if isinstance(forecaster, NaiveForecaster) else None)
+    season = season or seasonal_period(freq)
+    is_naive = isinstance(forecaster, NaiveForecaster)
+    adapter = None
+    if not is_naive:
+        if not isinstance(forecaster, torch.nn.Module):
+            raise TypeError(
+                f"`forecaster` must be a NaiveForecaster, a supported model or a name, got {type(forecaster)}."
+            )
+        adapter = get_adapter(forecaster)
+        if device is not None:
+            forecaster = forecaster.to(device)
+        forecaster.eval()
+    batches = WindowBatches(dataset, batch_size or (8192 if is_naive else 256), max_windows)
+    scaled_metrics = [m for m in metrics if m in ("mse", "mae", "mase")]
+    raw_metrics = [m for m in metrics if m in ("smape", "wql")]
+    unknown = [m for m in metrics if m not in scaled_metrics + raw_metrics]
+    if unknown:
+        raise ValueError(f"Unknown metrics {unknown}; choose from mse, mae, mase, smape, wql.")
+    scaled_acc = ForecastMetrics(scaled_metrics, season_length=season, per_horizon=per_horizon)
+    raw_acc = None
+    context = source.context_length
+    channel_independent = source.channel_independent
+    target_channels = None if is_naive else adapter.output_channels(forecaster)
+    progress = tqdm(
+        batches,
+        total=len(batches),
+        desc=desc or f"{getattr(forecaster, 'name', None) or type(forecaster).__name__}",
+        unit="batch",
+        disable=not show_progress,
+    )
+    for batch in progress:
+        values, observed = batch["values"], batch["observed"].astype(np.float32)
+        past, future = values[:, :context], values[:, context : context + horizon]
+        past_mask, future_mask = observed[:, :context], observed[:, context : context + horizon]
+        quantiles, levels = None, None
+        if is_naive:
+            prediction = forecaster.predict(past, horizon, season_length=season)
+        else:
+            result = forecast(forecaster, past, horizon, past_observed_mask=past_mask, freq=freq, adapter=adapter)
+            prediction = result.mean.numpy()
+            if result.quantiles is not None:
+                quantiles, levels = result.quantiles.numpy(), result.quantile_levels
+        if target_channels is not None and not channel_independent:
+            future, future_mask = future[..., target_channels], future_mask[..., target_channels]
+            past, past_mask = past[..., target_channels], past_mask[..., target_channels]
+        scaled_acc.update(prediction, future, future_mask, past_values=past, past_observed_mask=past_mask)
+        if raw_metrics:
+            series_index = batch["series_index"]
+            channel = batch["channel"]
+            if not channel_independent and target_channels is not None:
+                raise ValueError("sMAPE/WQL with `prediction_channel_indices` are not supported; use mse/mae/mase.")
+            raw_future = source.unscale(future, series_index, channel)
+            raw_prediction = source.unscale(prediction, series_index, channel)
+            raw_quantiles = None
+            if quantiles is not None:
+                moved = np.moveaxis(quantiles, -1, 0)
+                raw_quantiles = np.moveaxis(np.stack([source.unscale(q, series_index, channel) for q in moved]), 0, -1)
+            if raw_acc is None:
+                raw_acc = ForecastMetrics(
+                    raw_metrics, season_length=season, quantile_levels=levels, per_horizon=per_horizon
+                )
+            raw_acc.update(raw_prediction, raw_future, future_mask, quantile_predictions=raw_quantiles)
+    results: dict[str, Any] = {}
+    curves: dict[str, list[float]] = {}
+    for acc in (scaled_acc, raw_acc):
+        if acc is None or not acc.metrics:
+            continue
+        computed = acc.compute()
+        curves.update(computed.pop("per_horizon", {}))
+        results.update(computed)
+    for name in metrics:
+        results.setdefault(name, float("nan"))
+    results = {name: results[name] for name in metrics} | {"num_values": results.get("num_values", 0)}
+    results["n_windows"] = _count_windows(batches)
+    results["n_items"] = batches.total
+    results["prediction_length"] = horizon
+    results["context_length"] = context
+    results["seconds"] = round(time.perf_counter() - started, 3)
+    if per_horizon:
+        results["per_horizon"] = curves
+    return results
+
+
+__all__ = [
+    "ADAPTERS",
+    "NAIVE_BASELINES",
+    "NaiveForecaster",
+    "evaluate_forecaster",
+    "forecast",
+    "load_forecaster",
+]

@@ -1,0 +1,1 @@
+"""The `mse` evaluate module; load it with `evaluate.load(hf_tsprune.metrics.metric_module_path("mse"))`."""
