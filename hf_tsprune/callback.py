@@ -211,3 +211,42 @@ class PruningCallback(TrainerCallback):
         self.finished = state["finished"]
         self.best_metric, self.best_step, self.best_sparsity, self.best_masks = state["best"]
         self.history = list(state["history"])
+
+
+class BestWeightsCallback(TrainerCallback):
+    """Keeps the weights of the best evaluation in memory, restores them at the end, and stops early.
+
+    A checkpoint-free `load_best_model_at_end` + `EarlyStoppingCallback`: reloading saved checkpoints of a shrunk
+    model goes through transformers' save-time weight renaming (e.g. timesfm2_5 `fc1`↔`ff0`), which the Trainer's
+    best-model reload does not invert, so MLP weights would silently stay at their last values.
+
+    Args:
+        metric (`str`, defaults to `"eval_loss"`): the evaluation metric (lower is better).
+        patience (`int`, *optional*): stop after this many evaluations without improvement (`None`: never).
+    """
+
+    def __init__(self, metric: str = "eval_loss", patience: int | None = None):
+        self.metric = metric
+        self.patience = patience
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_evaluations = 0
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not metrics or self.metric not in metrics:
+            return
+        value = float(metrics[self.metric])
+        if self.best_metric is None or value < self.best_metric:
+            self.best_metric, self.best_step, self.bad_evaluations = value, state.global_step, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
+        else:
+            self.bad_evaluations += 1
+            if self.patience is not None and self.bad_evaluations >= self.patience:
+                control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.best_state is not None:
+            unwrap(model).load_state_dict(self.best_state)
+            logger.info(f"Restored the weights of step {self.best_step} ({self.metric}={self.best_metric:.5g}).")

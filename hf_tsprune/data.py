@@ -242,6 +242,10 @@ class TimeSeriesCollection:
         return len(self.channel_names)
 
 
+BUNDLED_DATA_DIR = Path(__file__).parent / "bundled_data"
+"""Benchmark files shipped with the package (ETTh1), used when no data folder is given."""
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     """The folder holding the benchmark files: `data_dir`, else the `HF_TSPRUNE_DATA_DIR` environment variable."""
     if data_dir is not None:
@@ -275,6 +279,8 @@ def resolve_benchmark_path(name: str, data_dir: str | os.PathLike | None = None)
         raise ValueError(f"Unknown benchmark {name!r}. Known benchmarks: {', '.join(BENCHMARKS)}.")
     spec = BENCHMARKS[canonical]
     root = resolve_data_dir(data_dir)
+    if root is None and any((BUNDLED_DATA_DIR / relative).is_file() for relative in spec.relative_paths):
+        root = BUNDLED_DATA_DIR  # ETTh1 ships with the package (CC BY-ND 4.0, unmodified), for offline defaults
     if root is None:
         raise ValueError(
             f"Benchmark {canonical!r} is read from a local data folder: pass `data_dir` (`--data_dir`) or set "

@@ -1,0 +1,139 @@
+"""Driving every supported family with the `Trainer` the same way: a data collator per family and small helpers.
+
+The window datasets of [`hf_tsprune.data`] yield `past_values`, `future_values` and observed masks. `ForecastCollator`
+stacks them into exactly the forward arguments of the model's family, so that `Trainer` computes the model's own loss
+(TimesFM/TimesFM 2.5: MSE + quantile loss; PatchTST/PatchTSMixer: MSE or NLL) with `label_names=["future_values"]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .masks import unwrap
+
+
+def _stack(features: list[dict], key: str) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(f[key], dtype=torch.float32) for f in features])
+
+
+def _channels_last(values: torch.Tensor) -> torch.Tensor:
+    return values if values.ndim == 3 else values[..., None]
+
+
+def _univariate(values: torch.Tensor) -> torch.Tensor:
+    if values.ndim == 3:
+        if values.shape[-1] != 1:
+            raise ValueError("TimesFM models are univariate: load the data with `channel_independent=True`.")
+        values = values[..., 0]
+    return values
+
+
+def _timesfm_inputs(model: nn.Module, features: list[dict], freq_index: int) -> dict:
+    past = _univariate(_stack(features, "past_values"))
+    future = _univariate(_stack(features, "future_values"))
+    return {"past_values": past, "future_values": future, "freq": [freq_index] * len(features)}
+
+
+def _timesfm2_5_inputs(model: nn.Module, features: list[dict], freq_index: int) -> dict:
+    past = _univariate(_stack(features, "past_values"))
+    return {"past_values": past, "future_values": _univariate(_stack(features, "future_values"))}
+
+
+def _patchtst_inputs(model: nn.Module, features: list[dict], freq_index: int) -> dict:
+    inputs = {
+        "past_values": _channels_last(_stack(features, "past_values")),
+        "future_values": _channels_last(_stack(features, "future_values")),
+    }
+    if "past_observed_mask" in features[0]:
+        inputs["past_observed_mask"] = _channels_last(_stack(features, "past_observed_mask"))
+    return inputs
+
+
+def _patchtsmixer_inputs(model: nn.Module, features: list[dict], freq_index: int) -> dict:
+    inputs = _patchtst_inputs(model, features, freq_index)
+    if "past_observed_mask" in inputs:
+        inputs["observed_mask"] = inputs.pop("past_observed_mask")
+    return inputs
+
+
+TRAINING_INPUTS: dict[str, Callable[[nn.Module, list[dict], int], dict]] = {
+    "timesfm": _timesfm_inputs,
+    "timesfm2_5": _timesfm2_5_inputs,
+    "patchtst": _patchtst_inputs,
+    "patchtsmixer": _patchtsmixer_inputs,
+}
+"""Per `config.model_type`: window features -> the model's forward arguments (including the loss target)."""
+
+
+def training_horizon(model: nn.Module, prediction_length: int) -> int:
+    """Length of the `future_values` the family's loss takes when the task's horizon is `prediction_length`.
+
+    TimesFM 1.x compares its whole native horizon with the target, so it trains on `horizon_length` steps (the
+    metric still scores the first `prediction_length`); the other families train on `prediction_length` steps.
+
+    Raises:
+        `ValueError` when the model cannot produce `prediction_length` steps in one pass.
+    """
+    config = unwrap(model).config
+    native = int(getattr(config, "horizon_length", None) or config.prediction_length)
+    if prediction_length > native:
+        raise ValueError(
+            f"prediction_length={prediction_length} exceeds the native horizon {native} of {type(unwrap(model)).__name__}"
+            f", which training needs in one pass. Use --prediction_length <= {native} (evaluation alone can roll out)."
+        )
+    return native if config.model_type == "timesfm" else prediction_length
+
+
+@dataclass
+class ForecastCollator:
+    """Stacks window features into the forward arguments of `model`'s family.
+
+    Args:
+        model (`nn.Module`): the model (or a wrapped/PEFT version of it) the Trainer drives.
+        freq_index (`int`, defaults to 0): TimesFM frequency category (0 = high frequency: hourly and finer).
+    """
+
+    model: nn.Module
+    freq_index: int = 0
+
+    def __post_init__(self):
+        model = unwrap(self.model)
+        base = getattr(model, "get_base_model", None)
+        model = base() if base is not None else model
+        model_type = model.config.model_type
+        if model_type not in TRAINING_INPUTS:
+            raise ValueError(
+                f"No training inputs for model type {model_type!r}; supported: {sorted(TRAINING_INPUTS)}. Register one "
+                "in `hf_tsprune.training.TRAINING_INPUTS`."
+            )
+        self._model = model
+        self._build = TRAINING_INPUTS[model_type]
+
+    def __call__(self, features: list[dict]) -> dict:
+        return self._build(self._model, features, self.freq_index)
+
+
+@contextlib.contextmanager
+def dropout_disabled(model: nn.Module):
+    """Within the block every dropout probability of `model` is 0 (the prune run scores a deterministic function);
+    the original probabilities come back afterwards."""
+    saved = []
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            saved.append((module, "p", module.p))
+            module.p = 0.0
+        for attr in ("attention_dropout", "dropout"):
+            value = getattr(module, attr, None)
+            if isinstance(value, float) and not isinstance(module, nn.Dropout):
+                saved.append((module, attr, value))
+                setattr(module, attr, 0.0)
+    try:
+        yield model
+    finally:
+        for module, attr, value in saved:
+            setattr(module, attr, value)

@@ -1,0 +1,114 @@
+"""Baseline: full finetune of the unpruned model, with the same protocol and results.json as prune_finetune.py.
+
+    python recipes/finetune.py                                   # bundled reference model on bundled ETTh1 (quick)
+    python recipes/finetune.py --preset full --output_dir runs/etth1-finetune-full
+    python recipes/finetune.py --model_name_or_path runs/prune_finetune/model --lora_rank 8   # a pruned checkpoint
+
+The paper's selection over learning rates is done on validation loss only: `--grid "learning_rate=1e-4,5e-4"`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from accelerate import PartialState
+
+from hf_tsprune.pipeline import (
+    StageTimer,
+    TaskArguments,
+    count_parameters,
+    example_inputs,
+    finetune_stage,
+    load_data,
+    load_model,
+    parse_arguments,
+    prepare_output_dir,
+    print_summary,
+    save_outputs,
+    seed_everything,
+    test_metrics,
+)
+from hf_tsprune.surgery import count_flops
+
+
+@dataclass
+class FinetuneArguments(TaskArguments):
+    """Finetune settings (task, data and run settings are inherited from `TaskArguments`)."""
+
+    output_dir: str = field(default="runs/finetune", metadata={"help": "Where results and checkpoints go."})
+    grid: str | None = field(
+        default=None, metadata={"help": 'Learning rates chosen on validation: "learning_rate=1e-4,5e-4".'}
+    )
+
+
+def parse_learning_rates(args: FinetuneArguments) -> list[float]:
+    if not args.grid:
+        return [args.learning_rate]
+    key, _, values = args.grid.partition("=")
+    if key != "learning_rate" or not values:
+        raise ValueError(f"Bad --grid {args.grid!r}: finetune.py searches only learning_rate=v1,v2,...")
+    return [float(v) for v in values.split(",")]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(FinetuneArguments, argv)
+    state = PartialState()
+    learning_rates = parse_learning_rates(args)
+    prepare_output_dir(args, state.is_main_process)
+    seed_everything(args.seed)
+    timer = StageTimer()
+    with timer("load"):
+        model = load_model(args.model_name_or_path)
+        data = load_data(args, model)
+    example = example_inputs(model)
+    batch = args.per_device_eval_batch_size
+    with timer("zero_shot_test"):
+        zero_shot = test_metrics(model, data["test"], args.prediction_length, batch, "zero-shot test")
+    runs = []
+    with timer("finetune"):
+        for index, learning_rate in enumerate(learning_rates):
+            folder = str(Path(args.output_dir) / (f"grid-{index}" if len(learning_rates) > 1 else "finetune_run"))
+            tuned, info = finetune_stage(
+                copy.deepcopy(model), data["train"], data["validation"], folder, epochs=args.finetune_epochs,
+                batch_size=args.per_device_train_batch_size, learning_rate=learning_rate,
+                gradient_accumulation_steps=args.gradient_accumulation_steps, eval_steps=args.eval_steps,
+                early_stopping_patience=args.early_stopping_patience, lora_rank=args.lora_rank, seed=args.seed,
+                use_cpu=args.use_cpu, disable_tqdm=args.disable_tqdm,
+            )  # fmt: skip
+            runs.append((tuned, info, learning_rate))
+    tuned, info, learning_rate = min(
+        runs, key=lambda r: r[1]["best_eval_loss"] if r[1]["best_eval_loss"] is not None else float("inf")
+    )
+    with timer("finetuned_test"):
+        finetuned = test_metrics(tuned, data["test"], args.prediction_length, batch, "finetuned test")
+    params = count_parameters(tuned)
+    results = {
+        "model": args.model_name_or_path,
+        "dataset": args.dataset,
+        "prediction_length": args.prediction_length,
+        "context_length": args.context_length,
+        "zero_shot": {"test": zero_shot},
+        "finetuned": {"test": finetuned, "validation_loss": info["best_eval_loss"], "learning_rate": learning_rate},
+        "grid": [{"learning_rate": lr, "validation_loss": i["best_eval_loss"]} for _, i, lr in runs] if len(runs) > 1 else None,
+        "params_before": params,
+        "params_after": params,
+        "flops_before": count_flops(model, example),
+        "flops_after": count_flops(tuned, example),
+        "timings_seconds": timer.seconds,
+        "settings": asdict(args),
+        "seed": args.seed,
+        "world_size": state.num_processes,
+    }  # fmt: skip
+    if state.is_main_process:
+        results["saved_to"] = save_outputs(args, tuned, None, results)
+        Path(args.output_dir, "results.json").write_text(json.dumps(results, indent=2, default=str))
+        print_summary(results)
+    state.wait_for_everyone()
+    return results
+
+
+if __name__ == "__main__":
+    main()
