@@ -52,10 +52,14 @@ class PruningCallback(TrainerCallback):
 
     Args:
         config (`PruningConfig`, *optional*): the prune-run settings; keyword arguments build one if not given.
+        resume_from_checkpoint (`str`, *optional*): the checkpoint folder `trainer.train(resume_from_checkpoint=...)`
+            resumes from; its saved pruning state (EMA scores, masks, best set) is restored. By default the callback
+            looks in `output_dir/checkpoint-<step>` when the Trainer resumes.
     """
 
-    def __init__(self, config: PruningConfig | None = None, **kwargs):
+    def __init__(self, config: PruningConfig | None = None, resume_from_checkpoint: str | None = None, **kwargs):
         self.config = config if config is not None else PruningConfig(**kwargs)
+        self.resume_from_checkpoint = resume_from_checkpoint
         self.scorer: TaylorScorer | None = None
         self.steps_per_epoch = 1
         self.epoch_start_alive = 0
@@ -79,7 +83,8 @@ class PruningCallback(TrainerCallback):
                 f"max_grad_norm={args.max_grad_norm} clips the mask gradients before they are scored, which rescales "
                 "the Taylor scores between steps; set max_grad_norm=0 for the prune run."
             )
-        resumed = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
+        folder = self.resume_from_checkpoint or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        resumed = os.path.join(folder, STATE_FILE)
         if state.global_step > 0 and os.path.isfile(resumed):
             self.load_state_dict(torch.load(resumed, weights_only=True), groups)
             logger.info(f"hf_tsprune: resumed the prune run (EMA scores, masks, best set) from {resumed}.")

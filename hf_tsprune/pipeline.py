@@ -115,7 +115,7 @@ def prune_stage(
     Shrinking happens after `train()` returns, on the unwrapped model (never inside the running Trainer).
     """
     install_masks(model)
-    callback = PruningCallback(pruning_config)
+    callback = PruningCallback(pruning_config, resume_from_checkpoint=resume_from_checkpoint)
     args = _training_arguments(
         output_dir,
         num_train_epochs=epochs,
@@ -127,6 +127,7 @@ def prune_stage(
         save_strategy="steps" if eval_steps else "epoch",
         save_steps=eval_steps,
         logging_steps=max(1, (eval_steps or 10) // 2),
+        save_total_limit=None,  # every prune-run checkpoint can be resumed from
         max_grad_norm=0.0,  # clipping would rescale the mask gradients, hence the Taylor scores
         learning_rate=1e-3,  # only masks are trainable, and their gradients are dropped after scoring
         weight_decay=0.0,

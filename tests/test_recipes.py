@@ -1,0 +1,135 @@
+"""End-to-end recipes on a tiny TimesFM 2.5 and a tiny hourly CSV (offline, CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import finetune as finetune_recipe  # noqa: E402
+import prune_finetune  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("task")
+    t = np.arange(1200)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "date": pd.date_range("2020-01-01", periods=len(t), freq="h"),
+            "a": np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(len(t)),
+            "b": np.cos(2 * np.pi * t / 24) + 0.002 * t + 0.1 * rng.standard_normal(len(t)),
+        }
+    )
+    frame.to_csv(folder / "tiny.csv", index=False)
+    torch.manual_seed(0)
+    config = TimesFm2_5Config(
+        patch_length=8, context_length=64, horizon_length=16, num_hidden_layers=2, hidden_size=32,
+        intermediate_size=64, head_dim=8, num_attention_heads=4, num_key_value_heads=4, output_quantile_len=16,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    TimesFm2_5ModelForPrediction(config).save_pretrained(folder / "model")
+    return folder
+
+
+def argv(task, out, *extra):
+    return [
+        "--model_name_or_path", str(task / "model"), "--dataset", str(task / "tiny.csv"), "--context_length", "64",
+        "--prediction_length", "16", "--output_dir", str(out), "--per_device_train_batch_size", "32",
+        "--per_device_eval_batch_size", "64", "--disable_tqdm", "true", "--use_cpu", "true", *extra,
+    ]  # fmt: skip
+
+
+def test_prune_finetune_end_to_end(task, tmp_path):
+    results = prune_finetune.main(argv(task, tmp_path / "run", "--eval_steps", "10", "--finetune_epochs", "1"))
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    for stage in ("zero_shot", "pruned", "finetuned"):
+        test = saved[stage]["test"]
+        assert test["n_windows"] > 0 and np.isfinite(test["mse"]) and np.isfinite(test["mae"])
+    assert saved["params_after"] < saved["params_before"] and saved["flops_after"] < saved["flops_before"]
+    assert 0.25 <= saved["sparsity"] <= 0.35  # one prune epoch at ratio 0.3
+    assert saved["settings"]["ratio_per_epoch"] == 0.3 and saved["seed"] == 42
+    assert {"prune", "finetune", "zero_shot_test", "finetuned_test"} <= set(saved["timings_seconds"])
+    assert saved["finetuned"]["test"]["mse"] == pytest.approx(results["finetuned"]["test"]["mse"])
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_grid_selects_on_validation(task, tmp_path):
+    results = prune_finetune.main(
+        argv(task, tmp_path / "grid", "--grid", "ratio_per_epoch=0.2,0.4", "--finetune_epochs", "1")
+    )
+    losses = [g["validation_loss"] for g in results["grid"]]
+    assert len(losses) == 2 and results["finetuned"]["validation_loss"] == min(losses)
+
+
+def test_finetune_baseline(task, tmp_path):
+    results = finetune_recipe.main(argv(task, tmp_path / "ft", "--finetune_epochs", "1"))
+    assert results["params_after"] == results["params_before"]
+    assert np.isfinite(results["finetuned"]["test"]["mse"])
+    assert json.loads((tmp_path / "ft" / "results.json").read_text())["zero_shot"]["test"]["n_windows"] > 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "ETTx9"], "Unknown dataset"),
+        (["--prediction_length", "64"], "native horizon"),
+        (["--ratio_per_epoch", "1.5"], "ratio_per_epoch"),
+        (["--ema", "0"], "ema"),
+        (["--grid", "foo=1"], "Bad --grid"),
+    ],
+)
+def test_bad_arguments_fail_before_work(task, tmp_path, extra, message):
+    args = argv(task, tmp_path / "bad")
+    for flag, value in zip(extra[::2], extra[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    with pytest.raises(ValueError, match=message):
+        prune_finetune.main(args)
+    assert not (tmp_path / "bad" / "prune_run").exists()
+
+
+def test_output_folder_holding_another_run(task, tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds a run"):
+        prune_finetune.main(argv(task, tmp_path / "used"))
+
+
+def test_resume_prune_run_reaches_the_same_masks(task, tmp_path):
+    common = ["--eval_steps", "5", "--finetune_epochs", "1", "--ratio_per_epoch", "0.4"]
+    full = prune_finetune.main(argv(task, tmp_path / "full", *common))
+    checkpoint = tmp_path / "full" / "prune_run" / "checkpoint-5"
+    assert (checkpoint / "hf_tsprune_pruning_state.pt").is_file()
+    resumed = prune_finetune.main(
+        argv(task, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(checkpoint))
+    )
+    assert resumed["plan"]["groups"] == full["plan"]["groups"]
+    assert resumed["best_mask_set"] == full["best_mask_set"]
+
+
+def test_two_processes_match_one(task, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    script = str(ROOT / "recipes" / "prune_finetune.py")
+    two = argv(task, tmp_path / "two", "--per_device_train_batch_size", "16", "--finetune_epochs", "1")
+    subprocess.run([*launch, script, *two], env=env, check=True, timeout=600, capture_output=True)
+    one = argv(task, tmp_path / "one", "--finetune_epochs", "1")
+    subprocess.run([sys.executable, script, *one], env=env, check=True, timeout=600, capture_output=True)
+    two_results = json.loads((tmp_path / "two" / "results.json").read_text())
+    one_results = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert two_results["world_size"] == 2 and one_results["world_size"] == 1
+    assert two_results["plan"]["groups"] == one_results["plan"]["groups"]  # same masks from the same global batch
+    assert two_results["best_mask_set"]["step"] == one_results["best_mask_set"]["step"]
