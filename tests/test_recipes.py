@@ -133,3 +133,21 @@ def test_two_processes_match_one(task, tmp_path):
     assert two_results["world_size"] == 2 and one_results["world_size"] == 1
     assert two_results["plan"]["groups"] == one_results["plan"]["groups"]  # same masks from the same global batch
     assert two_results["best_mask_set"]["step"] == one_results["best_mask_set"]["step"]
+
+
+def test_yaml_config_and_flags_override(tmp_path):
+    from hf_tsprune.pipeline import parse_arguments
+
+    args = parse_arguments(
+        prune_finetune.PruneFinetuneArguments, ["--config", str(ROOT / "recipes/presets/etth1_full.yaml")]
+    )
+    assert args.preset == "full" and args.train_stride == 1 and args.grid.startswith("ratio_per_epoch")
+    args = parse_arguments(
+        prune_finetune.PruneFinetuneArguments,
+        ["--config", str(ROOT / "recipes/presets/etth1_quick.yaml"), "--ema", "0.5"],
+    )
+    assert args.ema == 0.5 and args.train_stride == 8 and args.output_dir == "runs/etth1-quick"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("not_a_setting: 1\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        parse_arguments(prune_finetune.PruneFinetuneArguments, ["--config", str(bad)])
