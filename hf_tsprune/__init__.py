@@ -18,6 +18,19 @@ from .architectures import (
 )
 from .callback import PruningCallback
 from .masks import get_masks, install_masks, masked_groups, remove_masks, set_masks
+from .modeling import (  # importing registers the pruned classes with the transformers Auto classes
+    PrunedPatchTSMixerConfig,
+    PrunedPatchTSMixerForPrediction,
+    PrunedPatchTSTConfig,
+    PrunedPatchTSTForPrediction,
+    PrunedTimesFm2_5Config,
+    PrunedTimesFm2_5ModelForPrediction,
+    PrunedTimesFmConfig,
+    PrunedTimesFmModelForPrediction,
+    is_pruned_model,
+    save_pruned,
+    to_pruned_model,
+)
 from .scoring import PruningConfig, TaylorScorer
 from .surgery import EmptyAttention, PruningPlan, count_flops, make_plan, shrink
 
@@ -31,16 +44,27 @@ __all__ = [
     "PruningCallback",
     "PruningConfig",
     "PruningPlan",
+    "PrunedPatchTSMixerConfig",
+    "PrunedPatchTSMixerForPrediction",
+    "PrunedPatchTSTConfig",
+    "PrunedPatchTSTForPrediction",
+    "PrunedTimesFm2_5Config",
+    "PrunedTimesFm2_5ModelForPrediction",
+    "PrunedTimesFmConfig",
+    "PrunedTimesFmModelForPrediction",
     "TaylorScorer",
     "count_flops",
     "get_masks",
     "get_spec",
     "install_masks",
+    "is_pruned_model",
     "make_plan",
     "masked_groups",
     "register_architecture",
     "remove_masks",
+    "save_pruned",
     "set_masks",
     "shrink",
     "supported_model_classes",
+    "to_pruned_model",
 ]

@@ -1,0 +1,170 @@
+# Configuration of hf_tsprune pruned checkpoints, for `trust_remote_code=True` loading with transformers alone.
+#
+# This file is written beside the weights by hf_tsprune and imports nothing but transformers: a pruned checkpoint loads
+# without hf_tsprune installed. Inside hf_tsprune the same classes are registered with `AutoConfig`, so `import
+# hf_tsprune` is enough to load it without remote code.
+"""Configurations of pruned time-series models: the base architecture's configuration plus every per-layer size.
+
+A pruned model is its base architecture with some layers narrower than the configuration says. Each class here
+subclasses the base configuration (all its fields, defaults and validation stay) and adds:
+
+- `hf_tsprune_layout`: per pruned block (module name), its sizes: `{"kind": "mlp", "width": int}` for a feed-forward
+  block, `{"kind": "attention", "num_kv_heads": int, "v_head_dim": int}` for an attention block (query heads follow as
+  `num_kv_heads` times the query heads per key/value head; 0 heads: the block was replaced by its constant output);
+- `base_model` / `base_model_revision`: the checkpoint the model was pruned from (Hub id or path, and its revision);
+- `pruning`: the pruning settings and figures (sparsity, parameters and FLOPs before/after, seed, ...).
+
+Each class has its own `model_type` (`hf_tsprune_<base model_type>`), so transformers neither mistakes a pruned
+checkpoint for a dense one nor applies the base model's checkpoint weight renamings to it.
+"""
+
+from transformers import PatchTSMixerConfig, PatchTSTConfig, TimesFm2_5Config, TimesFmConfig
+
+MODEL_TYPE_PREFIX = "hf_tsprune_"
+
+
+class _PrunedConfigMixin:
+    """Fields and behaviour shared by the pruned configurations (listed first in each class' bases)."""
+
+    base_model_type = ""  # the base architecture's `model_type` (class attribute, not serialised)
+    model_class_name = ""  # the pruned model class, for `auto_map`
+
+    def __post_init__(self, **kwargs):
+        # A config dict of the base model carries its `model_type` (e.g. "timesfm2_5"). Kept as an instance attribute
+        # it would shadow this class' own, and transformers would apply the base model's checkpoint weight renamings
+        # (timesfm2_5: fc1 <-> ff0, fc2 <-> ff1) when saving but not when loading: the weights would silently
+        # re-initialise. The model type of a pruned config is always its class'.
+        model_type = kwargs.pop("model_type", None)
+        if model_type not in (None, self.model_type, self.base_model_type):
+            raise ValueError(
+                f"{type(self).__name__} prunes {self.base_model_type!r} models; got a config of model type "
+                f"{model_type!r}. Use the pruned config class of that architecture."
+            )
+        super().__post_init__(**kwargs)
+        self.__dict__.pop("model_type", None)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = self.default_auto_map()
+
+    @classmethod
+    def default_auto_map(cls) -> dict:
+        """The `auto_map` of a saved pruned checkpoint: the remote-code classes for `trust_remote_code=True`."""
+        model = f"modeling_hf_tsprune.{cls.model_class_name}"
+        return {
+            "AutoConfig": f"configuration_hf_tsprune.{cls.__name__}",
+            "AutoModel": model,
+            "AutoModelForTimeSeriesPrediction": model,
+        }
+
+
+class PrunedTimesFmConfig(_PrunedConfigMixin, TimesFmConfig):
+    r"""
+    [`TimesFmConfig`] of a pruned TimesFM (1.x / 2.0) model, with its per-layer sizes.
+
+    Args:
+        hf_tsprune_layout (`dict`, *optional*):
+            Per pruned block, its sizes (see the module docstring); blocks not listed keep the base sizes.
+        base_model (`str`, *optional*):
+            Hub id or path of the checkpoint the model was pruned from.
+        base_model_revision (`str`, *optional*):
+            Revision (commit) of `base_model`.
+        pruning (`dict`, *optional*):
+            Pruning settings and figures.
+        kwargs:
+            The fields of [`TimesFmConfig`].
+    """
+
+    model_type = MODEL_TYPE_PREFIX + "timesfm"
+    base_model_type = "timesfm"
+    model_class_name = "PrunedTimesFmModelForPrediction"
+
+    hf_tsprune_layout: dict | None = None
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    pruning: dict | None = None
+
+
+class PrunedTimesFm2_5Config(_PrunedConfigMixin, TimesFm2_5Config):
+    r"""
+    [`TimesFm2_5Config`] of a pruned TimesFM 2.5 model, with its per-layer sizes.
+
+    Args:
+        hf_tsprune_layout (`dict`, *optional*):
+            Per pruned block, its sizes (see the module docstring); blocks not listed keep the base sizes.
+        base_model (`str`, *optional*):
+            Hub id or path of the checkpoint the model was pruned from.
+        base_model_revision (`str`, *optional*):
+            Revision (commit) of `base_model`.
+        pruning (`dict`, *optional*):
+            Pruning settings and figures.
+        kwargs:
+            The fields of [`TimesFm2_5Config`].
+    """
+
+    model_type = MODEL_TYPE_PREFIX + "timesfm2_5"
+    base_model_type = "timesfm2_5"
+    model_class_name = "PrunedTimesFm2_5ModelForPrediction"
+
+    hf_tsprune_layout: dict | None = None
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    pruning: dict | None = None
+
+
+class PrunedPatchTSTConfig(_PrunedConfigMixin, PatchTSTConfig):
+    r"""
+    [`PatchTSTConfig`] of a pruned PatchTST model, with its per-layer sizes.
+
+    Args:
+        hf_tsprune_layout (`dict`, *optional*):
+            Per pruned block, its sizes (see the module docstring); blocks not listed keep the base sizes.
+        base_model (`str`, *optional*):
+            Hub id or path of the checkpoint the model was pruned from.
+        base_model_revision (`str`, *optional*):
+            Revision (commit) of `base_model`.
+        pruning (`dict`, *optional*):
+            Pruning settings and figures.
+        kwargs:
+            The fields of [`PatchTSTConfig`].
+    """
+
+    model_type = MODEL_TYPE_PREFIX + "patchtst"
+    base_model_type = "patchtst"
+    model_class_name = "PrunedPatchTSTForPrediction"
+
+    hf_tsprune_layout: dict | None = None
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    pruning: dict | None = None
+
+
+class PrunedPatchTSMixerConfig(_PrunedConfigMixin, PatchTSMixerConfig):
+    r"""
+    [`PatchTSMixerConfig`] of a pruned PatchTSMixer model, with its per-layer sizes.
+
+    Args:
+        hf_tsprune_layout (`dict`, *optional*):
+            Per pruned block, its sizes (see the module docstring); blocks not listed keep the base sizes.
+        base_model (`str`, *optional*):
+            Hub id or path of the checkpoint the model was pruned from.
+        base_model_revision (`str`, *optional*):
+            Revision (commit) of `base_model`.
+        pruning (`dict`, *optional*):
+            Pruning settings and figures.
+        kwargs:
+            The fields of [`PatchTSMixerConfig`].
+    """
+
+    model_type = MODEL_TYPE_PREFIX + "patchtsmixer"
+    base_model_type = "patchtsmixer"
+    model_class_name = "PrunedPatchTSMixerForPrediction"
+
+    hf_tsprune_layout: dict | None = None
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    pruning: dict | None = None
+
+
+PRUNED_CONFIG_CLASSES = {
+    cls.base_model_type: cls
+    for cls in (PrunedTimesFmConfig, PrunedTimesFm2_5Config, PrunedPatchTSTConfig, PrunedPatchTSMixerConfig)
+}
