@@ -1,6 +1,7 @@
 """Dense vs shrunk forecast latency, FLOP ratios, and the cost of a prune-run step, per architecture.
 
-    python benchmarks/speed.py                                   # all four released layouts, ~50% pruned
+    python benchmarks/speed.py                                   # every released layout, ~50% pruned
+    python benchmarks/speed.py --models chronos chronos_bolt ttm  # needs chronos-forecasting, granite-tsfm
     python benchmarks/speed.py --models patchtst timesfm --repeats 5 --output_dir benchmarks/results
 
 For each architecture's default config (the released layout, random weights) the script prunes about 50% of the
@@ -12,6 +13,11 @@ at random — and shrinks the model. It then measures, on CPU:
 - one prune-run step (masks installed, weights frozen: forward, backward, Taylor-score update) against one dense
   finetune step (forward, backward, AdamW step) on the same batch, with the peak resident memory of each, measured in
   a fresh subprocess per step kind.
+
+Chronos, Chronos-Bolt and TTM use the released layouts written out in `tests/families.py` (chronos-t5-small,
+chronos-bolt-small, TTM r2 512-96). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
+(the logits it samples from), not autoregressive sampling; its training step is the token cross-entropy, Chronos-Bolt's
+the quantile loss and TTM's the MSE (`hf_tsprune.adapters.training_inputs`).
 
 Prints a markdown table and writes `speed.json` and `speed.md` in `--output_dir`.
 """
@@ -32,21 +38,53 @@ from pathlib import Path
 import torch
 
 from hf_tsprune import PruningConfig, TaylorScorer, get_spec, install_masks, shrink
+from hf_tsprune.adapters import FAMILY_TRAINING_INPUTS, family_of, get_adapter, training_inputs
 from hf_tsprune.masks import describe_groups
+
+
+def released_layout(name: str):
+    """A builder of a family whose released layout is written out in `tests/families.py` (needs its package)."""
+
+    def build_model() -> torch.nn.Module:
+        import importlib.util
+
+        path = Path(__file__).resolve().parent.parent / "tests" / "families.py"
+        spec = importlib.util.spec_from_file_location("hf_tsprune_test_families", path)
+        families = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(families)
+        return families.DEFAULT[name]()
+
+    return build_model
+
 
 BUILDERS = {
     "timesfm": ("TimesFmConfig", "TimesFmModelForPrediction"),
     "timesfm2_5": ("TimesFm2_5Config", "TimesFm2_5ModelForPrediction"),
     "patchtst": ("PatchTSTConfig", "PatchTSTForPrediction"),
     "patchtsmixer": ("PatchTSMixerConfig", "PatchTSMixerForPrediction"),
+    "chronos": released_layout("chronos"),
+    "chronos_bolt": released_layout("chronos_bolt"),
+    "ttm": released_layout("ttm"),
 }
+"""Name -> transformers (config class, model class) names built with their defaults, or a builder function."""
+
+PACKAGES = {"chronos": "chronos", "chronos_bolt": "chronos", "ttm": "tsfm_public"}
+"""Optional packages a family needs (its model class, or Chronos' tokenizer for the training step)."""
+
+
+def available(name: str) -> bool:
+    import importlib.util
+
+    return name not in PACKAGES or importlib.util.find_spec(PACKAGES[name]) is not None
 
 
 def build(name: str) -> torch.nn.Module:
     import transformers
 
-    config_cls, model_cls = (getattr(transformers, n) for n in BUILDERS[name])
     torch.manual_seed(0)
+    if callable(BUILDERS[name]):
+        return BUILDERS[name]().eval()
+    config_cls, model_cls = (getattr(transformers, n) for n in BUILDERS[name])
     return model_cls(config_cls()).eval()
 
 
@@ -64,6 +102,21 @@ def half_masks(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]
             keep[torch.randperm(group.num_units, generator=generator)[: group.num_units // 2]] = False
             masks[group.name] = keep
     return masks
+
+
+def loss_inputs(model: torch.nn.Module, batch_size: int) -> dict:
+    """Forward arguments for one training step with the family's own loss."""
+    if family_of(model) in FAMILY_TRAINING_INPUTS:
+        adapter = get_adapter(model)
+        context, horizon = adapter.max_context(model), adapter.native_horizon(model)
+        channels = 1 if adapter.univariate else int(model.config.num_input_channels)
+        generator = torch.Generator().manual_seed(0)
+        series = torch.randn(batch_size, context + horizon, channels, generator=generator).cumsum(1) + 10
+        features = [{"past_values": s[:context], "future_values": s[context:]} for s in series]
+        return training_inputs(model, features)
+    inputs = get_spec(model).example_inputs(model, batch_size, generator=torch.Generator().manual_seed(0))
+    inputs["future_values"] = targets(model, batch_size)
+    return inputs
 
 
 def targets(model: torch.nn.Module, batch_size: int) -> torch.Tensor:
@@ -89,9 +142,7 @@ def latency(model: torch.nn.Module, inputs: dict, repeats: int, warmup: int = 1)
 def step_worker(name: str, kind: str, batch_size: int, repeats: int) -> dict:
     """Times one training step of `kind` ("prune" or "finetune") in this (fresh) process."""
     model = build(name).train()
-    spec = get_spec(model)
-    inputs = spec.example_inputs(model, batch_size, generator=torch.Generator().manual_seed(0))
-    inputs["future_values"] = targets(model, batch_size)
+    inputs = loss_inputs(model, batch_size)
     if kind == "prune":
         groups = install_masks(model)
         scorer = TaylorScorer(PruningConfig(), [g.num_units for g in groups], [g.unit_cost for g in groups],
@@ -186,7 +237,10 @@ def markdown(results: list[dict]) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
+    parser.add_argument(
+        "--models", nargs="+", default=[n for n in BUILDERS if available(n)], choices=list(BUILDERS),
+        help="default: every family whose packages are installed",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--step_batch", type=int, default=16, help="batch size of the prune/finetune step timing")
     parser.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))

@@ -11,10 +11,21 @@ horizon and context limits. The evaluation loop ([`hf_tsprune.evaluation`]) buil
 | `timesfm2_5` | `TimesFm2_5ModelForPrediction` | 1D series | `mean_predictions` (the median) |
 | `patchtst` | `PatchTSTForPrediction` | `past_values` `(B, L, C)` | `prediction_outputs` `(B, H, C)` |
 | `patchtsmixer` | `PatchTSMixerForPrediction` | `past_values` `(B, L, C)` | `prediction_outputs` `(B, H, C)` |
+| `chronos` | `T5ForConditionalGeneration` | value tokens (mean scaling, uniform bins) | mean of sampled paths |
+| `chronos_bolt` | `ChronosBoltModelForForecasting` | 1D series (`context`) | median of `quantile_preds` |
+| `ttm` | `TinyTimeMixerForPrediction` | `past_values` `(B, L, C)` | `prediction_outputs` `(B, H, C)` |
 
-Univariate families (TimesFM) fold the channels into the batch. PatchTST/PatchTSMixer take exactly
-`config.context_length` steps: longer contexts keep their last steps, shorter ones are front-padded with zeros that the
-observed mask marks missing.
+Univariate families (TimesFM, Chronos, Chronos-Bolt) fold the channels into the batch. PatchTST/PatchTSMixer/TTM take
+exactly `config.context_length` steps: longer contexts keep their last steps, shorter ones are front-padded with zeros
+that the observed mask marks missing.
+
+Chronos and Chronos-Bolt checkpoints both have `config.model_type == "t5"`; [`family_of`] tells them apart (by class
+and `config.chronos_config`), and `ADAPTERS` is keyed by family (Chronos needs the `chronos` package for its tokenizer,
+Chronos-Bolt for its model class, TTM `granite-tsfm`). The training side, [`training_inputs`], turns window
+features (`past_values`, `future_values`, observed masks) into the forward arguments with which each of these families
+computes its own loss (Chronos: token cross-entropy on `labels`; Chronos-Bolt: quantile loss on `target`; TTM: MSE on
+`future_values`), for use as (or inside) a `Trainer` data collator; [`training_label_names`] gives the matching
+`TrainingArguments.label_names`.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import PretrainedConfig
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -284,29 +296,339 @@ class PatchTSMixerAdapter(ForecastAdapter):
         return ModelForecast(mean=outputs.prediction_outputs)
 
 
+def _import(module: str, package: str):
+    """Imports an optional family package, or raises naming the install command."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"This model family needs `{module}`: install it with {package}.") from error
+
+
+_CHRONOS_INSTALL = '`pip install chronos-forecasting` (or `pip install "hf_tsprune[families]"`)'
+_TTM_INSTALL = '`pip install --no-deps granite-tsfm && pip install einops deprecated "scikit-learn<1.8"`'
+
+
+def _chronos_settings(model: torch.nn.Module):
+    """`chronos.ChronosConfig` of a Chronos (T5) checkpoint."""
+    settings = getattr(model.config, "chronos_config", None)
+    if not settings:
+        raise ValueError(
+            f"{type(model).__name__} has no `config.chronos_config`: it is not a Chronos checkpoint. Load one of the "
+            "amazon/chronos-t5-* models, or set `config.chronos_config` (tokenizer, context and prediction length)."
+        )
+    return _import("chronos", _CHRONOS_INSTALL).ChronosConfig(**settings)
+
+
+def _with_nans(values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Missing values as NaN, the way the `chronos` package marks them."""
+    return torch.where(observed > 0, values, torch.full_like(values, float("nan")))
+
+
+class ChronosAdapter(ForecastAdapter):
+    """Chronos (`T5ForConditionalGeneration` with a `chronos_config`): univariate, contexts up to `context_length`.
+
+    The context is tokenised as `chronos.ChronosPipeline` does (mean scaling, uniform bins, EOS), `num_samples`
+    forecast paths are sampled from the token distribution with `generate`, and decoded back to values; the point
+    forecast is their mean, the quantiles their deciles.
+    """
+
+    family = "chronos"
+    class_name = "T5ForConditionalGeneration"
+    univariate = True
+
+    def native_horizon(self, model):
+        return int(_chronos_settings(model).prediction_length)
+
+    def max_context(self, model):
+        return int(_chronos_settings(model).context_length)
+
+    def fixed_context(self, model):
+        return False
+
+    def quantile_levels(self, model):
+        return [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+    def _forecast(self, model, past_values, past_observed_mask, freq):
+        settings = _chronos_settings(model)
+        chronos = _import("chronos", _CHRONOS_INSTALL)
+        tokenizer = settings.create_tokenizer()
+        series = _with_nans(past_values[..., 0], past_observed_mask[..., 0]).float().cpu()
+        token_ids, attention_mask, scale = tokenizer.context_input_transform(series)
+        device = past_values.device
+        samples = chronos.ChronosModel(settings, model)(token_ids.to(device), attention_mask.to(device))
+        paths = tokenizer.output_transform(samples.cpu(), scale)  # (batch, num_samples, horizon)
+        levels = self.quantile_levels(model)
+        quantiles = torch.quantile(paths, torch.tensor(levels), dim=1).permute(1, 2, 0)[:, :, None]
+        return ModelForecast(mean=paths.mean(dim=1)[:, :, None], quantiles=quantiles, quantile_levels=levels)
+
+
+class ChronosBoltAdapter(ForecastAdapter):
+    """Chronos-Bolt (`chronos`'s `ChronosBoltModelForForecasting`): univariate, contexts up to `context_length`,
+    quantile head; the point forecast is the median (the 0.5 quantile, or the middle level)."""
+
+    family = "chronos_bolt"
+    class_name = "ChronosBoltModelForForecasting"
+    univariate = True
+
+    def model_class(self):
+        return _import("chronos.chronos_bolt", _CHRONOS_INSTALL).ChronosBoltModelForForecasting
+
+    def native_horizon(self, model):
+        return int(model.chronos_config.prediction_length)
+
+    def max_context(self, model):
+        return int(model.chronos_config.context_length)
+
+    def fixed_context(self, model):
+        return False  # shorter contexts are front-padded with missing patches by the model
+
+    def quantile_levels(self, model):
+        return [float(q) for q in model.chronos_config.quantiles]
+
+    def _forecast(self, model, past_values, past_observed_mask, freq):
+        levels = self.quantile_levels(model)
+        context, mask = past_values[..., 0], past_observed_mask[..., 0]
+        quantiles = model(context=torch.where(mask > 0, context, 0.0), mask=mask).quantile_preds  # (B, Q, H)
+        quantiles = quantiles.transpose(1, 2)[:, :, None]  # (B, H, 1, Q)
+        median = levels.index(0.5) if 0.5 in levels else len(levels) // 2
+        return ModelForecast(mean=quantiles[..., median], quantiles=quantiles, quantile_levels=levels)
+
+
+class TTMAdapter(ForecastAdapter):
+    """TTM (`granite-tsfm`'s `TinyTimeMixerForPrediction`): exactly `context_length` steps of `num_input_channels`
+    channels; `prediction_channel_indices` restricts the outputs; quantiles when it has a multi-quantile head."""
+
+    family = "ttm"
+    class_name = "TinyTimeMixerForPrediction"
+
+    def model_class(self):
+        return _import("tsfm_public", _TTM_INSTALL).TinyTimeMixerForPrediction
+
+    def output_channels(self, model):
+        indices = getattr(model.config, "prediction_channel_indices", None)
+        return None if indices is None else [int(i) for i in indices]
+
+    def quantile_levels(self, model):
+        if getattr(model.config, "multi_quantile_head", False):
+            return [float(q) for q in model.config.quantile_levels]
+        return None
+
+    def _forecast(self, model, past_values, past_observed_mask, freq):
+        outputs = model(
+            past_values=past_values, past_observed_mask=past_observed_mask, return_loss=False, return_dict=True
+        )
+        quantiles = getattr(outputs, "quantile_outputs", None)
+        if quantiles is None:
+            return ModelForecast(mean=outputs.prediction_outputs)
+        return ModelForecast(
+            mean=outputs.prediction_outputs,
+            quantiles=quantiles.permute(0, 2, 3, 1),  # (B, Q, H, C) -> (B, H, C, Q)
+            quantile_levels=self.quantile_levels(model),
+        )
+
+
+# -- training ---------------------------------------------------------------------------------------------------------
+
+
+def _stack(features: list[dict], key: str) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(f[key], dtype=torch.float32) for f in features])
+
+
+def _window(features: list[dict], key: str, univariate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked values and observed mask (ones when the features have none): `(B, T)` univariate, else `(B, T, C)`."""
+    values = _stack(features, key)
+    mask_key = key.replace("_values", "_observed_mask")
+    observed = _stack(features, mask_key) if mask_key in features[0] else torch.ones_like(values)
+    observed = observed * ~torch.isnan(values)
+    values = torch.nan_to_num(values)
+    if univariate:
+        if values.ndim == 3:
+            if values.shape[-1] != 1:
+                raise ValueError(
+                    "Chronos and Chronos-Bolt are univariate: load the data with `channel_independent=True` "
+                    f"(got windows with {values.shape[-1]} channels)."
+                )
+            values, observed = values[..., 0], observed[..., 0]
+    elif values.ndim == 2:
+        values, observed = values[..., None], observed[..., None]
+    return values, observed
+
+
+def _chronos_training_inputs(model: torch.nn.Module, features: list[dict], freq_index: int = 0) -> dict:
+    """Chronos: context and target tokenised with the checkpoint's tokenizer (target with the context's scale, EOS
+    appended); padding and missing target tokens are `-100` in `labels`, so the T5 cross-entropy skips them."""
+    settings = _chronos_settings(model)
+    tokenizer = settings.create_tokenizer()
+    past, past_observed = _window(features, "past_values", univariate=True)
+    future, future_observed = _window(features, "future_values", univariate=True)
+    input_ids, attention_mask, scale = tokenizer.context_input_transform(_with_nans(past, past_observed))
+    labels, labels_mask, _ = tokenizer._input_transform(_with_nans(future, future_observed), scale=scale)
+    if settings.use_eos_token:
+        labels, labels_mask = tokenizer._append_eos_token(labels, labels_mask)
+    labels = labels.masked_fill(~labels_mask, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask.long(), "labels": labels}
+
+
+def _chronos_bolt_training_inputs(model: torch.nn.Module, features: list[dict], freq_index: int = 0) -> dict:
+    """Chronos-Bolt: `context`/`mask` and `target`/`target_mask` (targets shorter than the horizon are padded by the
+    model and left out of its quantile loss)."""
+    past, past_observed = _window(features, "past_values", univariate=True)
+    future, future_observed = _window(features, "future_values", univariate=True)
+    return {"context": past, "mask": past_observed, "target": future, "target_mask": future_observed > 0}
+
+
+def _ttm_training_inputs(model: torch.nn.Module, features: list[dict], freq_index: int = 0) -> dict:
+    """TTM: `past_values`/`future_values` `(B, T, C)` with their observed masks; a target shorter than the model's
+    horizon is zero-padded and masked out of the MSE."""
+    past, past_observed = _window(features, "past_values", univariate=False)
+    future, future_observed = _window(features, "future_values", univariate=False)
+    horizon = int(model.config.prediction_filter_length or model.config.prediction_length)
+    if future.shape[1] > horizon:
+        raise ValueError(
+            f"The target windows have {future.shape[1]} steps but {type(model).__name__} forecasts {horizon}: use a "
+            f"prediction_length <= {horizon}."
+        )
+    if future.shape[1] < horizon:
+        pad = future.new_zeros(future.shape[0], horizon - future.shape[1], future.shape[2])
+        future, future_observed = torch.cat([future, pad], dim=1), torch.cat([future_observed, pad], dim=1)
+    return {
+        "past_values": past,
+        "past_observed_mask": past_observed,
+        "future_values": future,
+        "future_observed_mask": future_observed,
+    }
+
+
+FAMILY_TRAINING_INPUTS: dict = {
+    "chronos": _chronos_training_inputs,
+    "chronos_bolt": _chronos_bolt_training_inputs,
+    "ttm": _ttm_training_inputs,
+}
+"""Per family (see `family_of`): `(model, window features, freq_index) -> forward arguments with the loss target`,
+the signature of `hf_tsprune.training.TRAINING_INPUTS`."""
+
+TRAINING_LABEL_NAMES = {"chronos": ["labels"], "chronos_bolt": ["target"], "ttm": ["future_values"]}
+"""Per family: the `TrainingArguments.label_names` that go with `training_inputs` (the key holding the target)."""
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    from .masks import unwrap
+
+    model = unwrap(model)
+    base = getattr(model, "get_base_model", None)  # peft
+    return base() if base is not None else model
+
+
+def training_inputs(model: torch.nn.Module, features: list[dict], freq_index: int = 0) -> dict:
+    """Window features -> the forward arguments with which `model` computes its family's own training loss.
+
+    Args:
+        model (`torch.nn.Module`): A Chronos, Chronos-Bolt or TTM model (wrapped, peft or masked ones too).
+        features (`list[dict]`): Items of a window dataset: `past_values`, `future_values` (`(T,)` or `(T, C)`) and
+            optionally `past_observed_mask` / `future_observed_mask`.
+        freq_index (`int`, *optional*): Unused (the signature of `hf_tsprune.training.TRAINING_INPUTS`).
+
+    Returns:
+        `dict` of forward arguments: Chronos `input_ids`, `attention_mask`, `labels`; Chronos-Bolt `context`, `mask`,
+        `target`, `target_mask`; TTM `past_values`, `future_values` and their observed masks.
+    """
+    model = _unwrapped(model)
+    family = family_of(model)
+    if family not in FAMILY_TRAINING_INPUTS:
+        raise ValueError(
+            f"No training inputs here for {type(model).__name__} (family {family!r}): this function serves "
+            f"{sorted(FAMILY_TRAINING_INPUTS)}; the other families are in `hf_tsprune.training.TRAINING_INPUTS`."
+        )
+    return FAMILY_TRAINING_INPUTS[family](model, features, freq_index)
+
+
+def training_label_names(model: torch.nn.Module) -> list[str]:
+    """The `TrainingArguments.label_names` for `training_inputs` (the loss target's key; `future_values` for the
+    families of `hf_tsprune.training`)."""
+    return list(TRAINING_LABEL_NAMES.get(family_of(_unwrapped(model)), ["future_values"]))
+
+
+class TrainingCollator:
+    """A `Trainer` data collator calling [`training_inputs`] for `model`'s family.
+
+    Args:
+        model (`torch.nn.Module`): The model the Trainer drives (masks installed on it, or not).
+        freq_index (`int`, *optional*): Passed through (unused by these families).
+    """
+
+    def __init__(self, model: torch.nn.Module, freq_index: int = 0):
+        self.model = _unwrapped(model)
+        self.freq_index = freq_index
+        if family_of(self.model) not in FAMILY_TRAINING_INPUTS:
+            raise ValueError(
+                f"TrainingCollator serves {sorted(FAMILY_TRAINING_INPUTS)}; for {type(self.model).__name__} use "
+                "`hf_tsprune.training.ForecastCollator`."
+            )
+
+    def __call__(self, features: list[dict]) -> dict:
+        if "past_values" not in features[0]:
+            raise ValueError(
+                "The batch has no `past_values`: the Trainer dropped the window columns. Set "
+                "`TrainingArguments(remove_unused_columns=False)`."
+            )
+        return training_inputs(self.model, features, self.freq_index)
+
+
 ADAPTERS: dict[str, ForecastAdapter] = {
     adapter.family: adapter
-    for adapter in (TimesFmAdapter(), TimesFm2_5Adapter(), PatchTSTAdapter(), PatchTSMixerAdapter())
+    for adapter in (
+        TimesFmAdapter(),
+        TimesFm2_5Adapter(),
+        PatchTSTAdapter(),
+        PatchTSMixerAdapter(),
+        ChronosAdapter(),
+        ChronosBoltAdapter(),
+        TTMAdapter(),
+    )
 }
-"""Adapters by `config.model_type`."""
+"""Adapters by family: `config.model_type`, except `chronos`/`chronos_bolt` (both `t5`) and `ttm` (see `family_of`)."""
+
+MODEL_TYPE_FAMILIES = {"tinytimemixer": "ttm", "t5": "chronos"}
+"""Families of the `config.model_type` strings that differ from their family name (`t5` alone: Chronos; a config or
+model tells Chronos-Bolt apart)."""
 
 
-def get_adapter(model_or_type: torch.nn.Module | str) -> ForecastAdapter:
-    """The adapter for a model (or a `config.model_type` string).
+def family_of(model_or_config: torch.nn.Module | PretrainedConfig | str) -> str | None:
+    """The adapter family of a model, a config or a `config.model_type` string.
+
+    It is `config.model_type` except for the `chronos-forecasting` checkpoints, whose model type is `t5`: a
+    `ChronosBoltModelForForecasting` (or a config whose `chronos_config` has `input_patch_size`) is `chronos_bolt`, any
+    other T5 is `chronos`; and TTM (`tinytimemixer`) is `ttm`.
+    """
+    if isinstance(model_or_config, str):
+        return MODEL_TYPE_FAMILIES.get(model_or_config, model_or_config)
+    if isinstance(model_or_config, torch.nn.Module):
+        names = {cls.__name__ for cls in type(model_or_config).__mro__}
+        if "ChronosBoltModelForForecasting" in names:
+            return "chronos_bolt"
+        config = getattr(model_or_config, "config", None)
+    else:
+        config = model_or_config
+    model_type = getattr(config, "model_type", None)
+    if model_type == "t5" and "input_patch_size" in (getattr(config, "chronos_config", None) or {}):
+        return "chronos_bolt"
+    return MODEL_TYPE_FAMILIES.get(model_type, model_type)
+
+
+def get_adapter(model_or_type: torch.nn.Module | PretrainedConfig | str) -> ForecastAdapter:
+    """The adapter for a model, a config, a family name or a `config.model_type` string (see [`family_of`]).
 
     Raises:
         `ValueError`: the model family is not supported (the message lists the supported ones).
     """
-    if isinstance(model_or_type, str):
-        model_type = model_or_type
-    else:
-        config = getattr(model_or_type, "config", None)
-        model_type = getattr(config, "model_type", None)
+    model_type = family_of(model_or_type)
     if model_type not in ADAPTERS:
         supported = ", ".join(f"{a.class_name} ({name})" for name, a in ADAPTERS.items())
         raise ValueError(f"Unsupported model type {model_type!r}: supported forecasting models are {supported}.")
     adapter = ADAPTERS[model_type]
-    if not isinstance(model_or_type, str) and type(model_or_type).__name__ != adapter.class_name:
+    if isinstance(model_or_type, torch.nn.Module) and type(model_or_type).__name__ != adapter.class_name:
         logger.warning(
             f"{type(model_or_type).__name__} is not {adapter.class_name}; forecasting it as one "
             f"(model_type {model_type!r})."

@@ -94,7 +94,7 @@ def describe_groups(model: nn.Module, spec: ArchitectureSpec | None = None) -> l
             q, k, v, o = (_linear(module, getattr(group, a), name) for a in "qkvo")
             head_dim = int(getattr(module, group.head_dim_attr))
             v_head_dim = int(getattr(module, "v_head_dim", head_dim))
-            num_kv_heads = v.out_features // v_head_dim
+            num_kv_heads = v.out_features // v_head_dim if v_head_dim else 0  # 0: a block shrunk to no head
             kv_groups = int(getattr(module, group.kv_groups_attr)) if group.kv_groups_attr else 1
             if (
                 q.out_features != num_kv_heads * kv_groups * head_dim
@@ -108,7 +108,7 @@ def describe_groups(model: nn.Module, spec: ArchitectureSpec | None = None) -> l
             cost = (
                 _row_cost(v)
                 + kv_groups * o.out_features
-                + (kv_groups * _row_cost(q) + _row_cost(k)) * head_dim / v_head_dim
+                + (kv_groups * _row_cost(q) + _row_cost(k)) * head_dim / max(v_head_dim, 1)
             )
             units = num_kv_heads * v_head_dim
             groups.append(

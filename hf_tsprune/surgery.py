@@ -13,7 +13,10 @@ Exactness rules (masked model == shrunk model):
   dimension for the layer: the largest kept count, rounded up to `round_to`; heads with fewer kept channels keep some
   pruned ones as zero `o_proj` columns), and otherwise kept as zero `o_proj` columns;
 - an attention block with no head left is replaced, under its own name, by `EmptyAttention`, whose output is the
-  `o_proj` bias: the exact function of the fully masked block (only with `allow_empty_blocks=True`).
+  `o_proj` bias: the exact function of the fully masked block (only with `allow_empty_blocks=True`);
+- attention whose spec names a `kept_heads_attr` (heads that read a tensor shared across layers, such as T5's relative
+  position bias) gets a buffer with the original indices of its kept query heads, always runs the spec's forward, and
+  keeps a block with no head in place (zero-width projections); its kept heads are recorded in the layout.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from .architectures import AttentionGroup, get_spec
@@ -78,6 +82,7 @@ class GroupPlan:
     keep: torch.Tensor | None = field(default=None, repr=False)  # MLP: kept channels; attention: kept kv heads
     keep_v: torch.Tensor | None = field(default=None, repr=False)  # attention: (heads_after, head_dim_after) channels
     zero: torch.Tensor | None = field(default=None, repr=False)  # kept-but-pruned positions (bool, like keep/keep_v)
+    kept_heads: list[int] | None = None  # attention with a `kept_heads_attr`: original indices of the kept kv heads
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("keep", "keep_v", "zero")}
@@ -112,6 +117,8 @@ class PruningPlan:
         for g in self.groups:
             if g.kind == "attention":
                 layout[g.name] = {"kind": "attention", "num_kv_heads": g.heads_after, "v_head_dim": g.head_dim_after}
+                if g.kept_heads is not None:
+                    layout[g.name]["kept_heads"] = list(g.kept_heads)
             else:
                 layout[g.name] = {"kind": "mlp", "width": g.width_after}
         return layout
@@ -196,12 +203,12 @@ def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_em
     head_alive = per_head.any(dim=1)
     kept_heads = torch.nonzero(head_alive).flatten()
     kept_units = int(mask.sum())
-    if kept_heads.numel() == 0:
-        if not allow_empty_blocks:
-            raise ValueError(
-                f"The masks remove every head of {masked.name}. Pass `allow_empty_blocks=True` to replace the block by "
-                "its exact constant equivalent (`EmptyAttention`), or keep `min_units_per_group >= 1` when pruning."
-            )
+    if kept_heads.numel() == 0 and not allow_empty_blocks:
+        raise ValueError(
+            f"The masks remove every head of {masked.name}. Pass `allow_empty_blocks=True` to replace the block by "
+            "its exact constant equivalent (`EmptyAttention`), or keep `min_units_per_group >= 1` when pruning."
+        )
+    if kept_heads.numel() == 0 and group.kept_heads_attr is None:
         o = module.get_submodule(group.o)
         after = o.bias.numel() if o.bias is not None else 0
         return GroupPlan(
@@ -209,21 +216,34 @@ def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_em
             keep=kept_heads, keep_v=torch.zeros(0, 0, dtype=torch.long), zero=torch.zeros(0, 0, dtype=torch.bool),
         )  # fmt: skip
     if group.v_head_dim_forward is not None:
-        most = int(per_head.sum(dim=1).max())
+        most = int(per_head.sum(dim=1).max()) if per_head.numel() else 0
         new_dim = min(head_dim, -(-most // round_to) * round_to)
     else:
         new_dim = head_dim
     filled = [_fill(per_head[h], new_dim) for h in kept_heads.tolist()]
-    keep_v = torch.stack([f[0] for f in filled])
-    zero = torch.stack([f[1] for f in filled])
+    if filled:
+        keep_v = torch.stack([f[0] for f in filled])
+        zero = torch.stack([f[1] for f in filled])
+    else:  # no head left, kept in place (kept_heads_attr)
+        keep_v = torch.zeros(0, new_dim, dtype=torch.long)
+        zero = torch.zeros(0, new_dim, dtype=torch.bool)
     q, k, v, o = (module.get_submodule(getattr(group, a)) for a in "qkvo")
     qk_dim = int(getattr(module, group.head_dim_attr))
     gone_heads = heads - kept_heads.numel()
     removed = gone_heads * qk_dim * (g * _row(q) + _row(k))
     removed += (heads * head_dim - kept_heads.numel() * new_dim) * (_row(v) + g * o.out_features)
+    original = None
+    if group.kept_heads_attr is not None:  # kept kv heads in the numbering of the unpruned model
+        previous = getattr(module, group.kept_heads_attr, None)
+        original = (
+            kept_heads
+            if previous is None
+            else previous.cpu().view(-1, g)[:, 0].div(g, rounding_mode="floor")[kept_heads]
+        )
+        original = [int(h) for h in original]
     return GroupPlan(
         masked.name, "attention", mask.numel(), kept_units, before, before - removed, heads, int(kept_heads.numel()),
-        head_dim, new_dim, keep=kept_heads, keep_v=keep_v, zero=zero,
+        head_dim, new_dim, keep=kept_heads, keep_v=keep_v, zero=zero, kept_heads=original,
     )  # fmt: skip
 
 
@@ -306,7 +326,7 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
             setattr(module, attr, plan.width_after)
         return
     o = module.get_submodule(group.o)
-    if plan.heads_after == 0:
+    if plan.heads_after == 0 and group.kept_heads_attr is None:
         set_submodule(model, masked.name, EmptyAttention(o.out_features, o.bias))
         return
     q, k, v = (module.get_submodule(getattr(group, a)) for a in "qkv")
@@ -316,6 +336,11 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
     q_heads = (plan.keep[:, None] * g + torch.arange(g)).flatten()  # query heads reading the kept kv heads
     q_rows = (q_heads[:, None] * qk_dim + torch.arange(qk_dim)).flatten()
     v_rows = (plan.keep[:, None] * masked.head_dim + plan.keep_v).flatten()
+    if group.kept_heads_attr is not None:
+        previous = getattr(module, group.kept_heads_attr, None)
+        original = q_heads if previous is None else previous.cpu()[q_heads]
+        # persistent: a checkpoint carries it, so models built on the `meta` device (from_pretrained) get its values
+        module.register_buffer(group.kept_heads_attr, original.to(device=o.weight.device, dtype=torch.long))
     o_cols = (q_heads[:, None] * masked.head_dim + plan.keep_v.repeat_interleave(g, dim=0)).flatten()
     o_zero = plan.zero.repeat_interleave(g, dim=0).flatten()
     new_o = _sliced_linear(o, cols=o_cols)
@@ -331,7 +356,7 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
     sizes = {"q": q_rows.numel(), "kv": kv_rows.numel(), "o": o_cols.numel()}
     for attr, which in group.size_attrs.items():
         setattr(module, attr, int(sizes[which]))
-    if plan.head_dim_after != masked.head_dim or hasattr(module, "v_head_dim"):
+    if plan.head_dim_after != masked.head_dim or hasattr(module, "v_head_dim") or group.kept_heads_attr is not None:
         if group.v_head_dim_forward is None:
             raise ValueError(f"{masked.name}: the spec has no value-head-dimension forward; cannot change it.")
         module.v_head_dim = int(plan.head_dim_after)
@@ -339,9 +364,14 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
 
 
 def count_flops(model: nn.Module, inputs: dict, spec: ArchitectureSpec | None = None) -> int:
-    """FLOPs of one forecast on `inputs` (torch.utils.flop_counter; matmuls and attention)."""
+    """FLOPs of one forecast on `inputs` (torch.utils.flop_counter; matmuls and attention).
+
+    Scaled-dot-product attention runs on its math backend here, so that its matmuls are counted whatever kernel the
+    shapes would pick (fused CPU kernels are not counted, and a value head dimension that differs from the query/key
+    one changes which kernel runs).
+    """
     spec = spec or get_spec(model)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         spec.forecast(model, inputs)
     return int(counter.get_total_flops())
 
@@ -437,7 +467,14 @@ def layout_masks(model: nn.Module, layout: dict[str, dict]) -> dict[str, torch.T
             mask[: sizes["width"]] = True
         else:
             per_head = mask.view(group.num_kv_heads, group.head_dim)
-            per_head[: sizes["num_kv_heads"], : sizes["v_head_dim"]] = True
+            heads = sizes.get("kept_heads")
+            heads = torch.arange(sizes["num_kv_heads"]) if heads is None else torch.as_tensor(heads, dtype=torch.long)
+            if heads.numel() != sizes["num_kv_heads"]:
+                raise ValueError(
+                    f"The pruned layout of {name} lists {heads.numel()} kept heads for "
+                    f"num_kv_heads={sizes['num_kv_heads']}: the checkpoint's config is inconsistent."
+                )
+            per_head[heads, : sizes["v_head_dim"]] = True
         masks[name] = mask
     return masks
 

@@ -1,6 +1,7 @@
 """Architecture specs: one short declarative file per model family, registered on import."""
 
-from . import patchtsmixer, patchtst, timesfm, timesfm2_5  # noqa: E402,F401  (registers the specs)
+# importing the spec files registers their specs
+from . import chronos, chronos_bolt, patchtsmixer, patchtst, timesfm, timesfm2_5, ttm  # noqa: E402,F401
 from .base import (
     ArchitectureSpec,
     AttentionGroup,

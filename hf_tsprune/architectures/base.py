@@ -41,12 +41,16 @@ class MLPGroup:
             Attribute path of the Linear whose input columns are the channels.
         width_attrs (`tuple[str, ...]`, *optional*):
             Attributes of the block that hold the width and must follow it (e.g. `hidden_dims`).
+        module_classes (`tuple[str, ...]`, *optional*):
+            When given, only modules whose class (or a base class) has one of these names match, e.g. to tell a gated
+            feed-forward block from a plain one that carries the same module name (T5's `DenseReluDense`).
     """
 
     pattern: str
     producers: tuple[str, ...]
     consumer: str
     width_attrs: tuple[str, ...] = ()
+    module_classes: tuple[str, ...] = ()
 
     kind = "mlp"
 
@@ -75,6 +79,16 @@ class AttentionGroup:
             A forward function (bound as the module's `forward`) that reads `self.v_head_dim` for the value heads.
             When given, value channels pruned inside kept heads are removed (one value head dimension, the largest
             kept, for all heads of the layer); otherwise they stay as exact zero columns.
+        kept_heads_attr (`str`, *optional*):
+            For attention that reads per-head tensors computed outside the block and shared by several layers (T5's
+            relative position bias, computed over all heads by the first layer of a stack): the name of a buffer the
+            engine registers on every shrunk block (persistent: saved with the weights), holding the original indices
+            of its kept query heads, so that `v_head_dim_forward` (required with it, and bound to every shrunk block)
+            selects those heads from the shared tensor. The kept heads are recorded in the layout (`kept_heads`), and
+            a block left with no head stays in place with zero-width projections (its forward must support that)
+            instead of being replaced by `EmptyAttention`.
+        module_classes (`tuple[str, ...]`, *optional*):
+            When given, only modules whose class (or a base class) has one of these names match.
     """
 
     pattern: str
@@ -88,8 +102,16 @@ class AttentionGroup:
     size_attrs: dict[str, str] = field(default_factory=dict)
     kv_groups_attr: str | None = None
     v_head_dim_forward: Callable | None = None
+    kept_heads_attr: str | None = None
+    module_classes: tuple[str, ...] = ()
 
     kind = "attention"
+
+    def __post_init__(self):
+        if self.kept_heads_attr is not None and self.v_head_dim_forward is None:
+            raise ValueError(
+                f"AttentionGroup({self.pattern!r}): `kept_heads_attr` needs a `v_head_dim_forward` that reads it."
+            )
 
 
 Group = MLPGroup | AttentionGroup
@@ -124,8 +146,16 @@ class ArchitectureSpec:
         found = []
         for group in self.groups:
             regex = re.compile(group.pattern)
-            found.extend((name, group, module) for name, module in named if regex.fullmatch(name))
+            found.extend(
+                (name, group, module)
+                for name, module in named
+                if regex.fullmatch(name) and _class_matches(module, group.module_classes)
+            )
         return found
+
+
+def _class_matches(module: nn.Module, class_names: tuple[str, ...]) -> bool:
+    return not class_names or any(cls.__name__ in class_names for cls in type(module).__mro__)
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}
