@@ -17,7 +17,7 @@ at random — and shrinks the model. It then measures, on CPU:
 Chronos, Chronos-Bolt and TTM use the released layouts written out in `tests/families.py` (chronos-t5-small,
 chronos-bolt-small, TTM r2 512-96). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
 (the logits it samples from), not autoregressive sampling; its training step is the token cross-entropy, Chronos-Bolt's
-the quantile loss and TTM's the MSE (`hf_tsprune.adapters.training_inputs`).
+the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
 Prints a markdown table and writes `speed.json` and `speed.md` in `--output_dir`.
 """
@@ -38,8 +38,9 @@ from pathlib import Path
 import torch
 
 from hf_tsprune import PruningConfig, TaylorScorer, get_spec, install_masks, shrink
-from hf_tsprune.adapters import FAMILY_TRAINING_INPUTS, family_of, get_adapter, training_inputs
+from hf_tsprune.adapters import FAMILY_TRAINING_INPUTS, family_of, get_adapter
 from hf_tsprune.masks import describe_groups
+from hf_tsprune.training import training_inputs
 
 
 def released_layout(name: str):

@@ -506,74 +506,11 @@ FAMILY_TRAINING_INPUTS: dict = {
     "chronos_bolt": _chronos_bolt_training_inputs,
     "ttm": _ttm_training_inputs,
 }
-"""Per family (see `family_of`): `(model, window features, freq_index) -> forward arguments with the loss target`,
-the signature of `hf_tsprune.training.TRAINING_INPUTS`."""
+"""Per family (see `family_of`): `(model, window features, freq_index) -> forward arguments with the loss target`;
+merged into `hf_tsprune.training.TRAINING_INPUTS`, the one training entry point (`training_inputs`, `ForecastCollator`)."""
 
 TRAINING_LABEL_NAMES = {"chronos": ["labels"], "chronos_bolt": ["target"], "ttm": ["future_values"]}
 """Per family: the `TrainingArguments.label_names` that go with `training_inputs` (the key holding the target)."""
-
-
-def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    from .masks import unwrap
-
-    model = unwrap(model)
-    base = getattr(model, "get_base_model", None)  # peft
-    return base() if base is not None else model
-
-
-def training_inputs(model: torch.nn.Module, features: list[dict], freq_index: int = 0) -> dict:
-    """Window features -> the forward arguments with which `model` computes its family's own training loss.
-
-    Args:
-        model (`torch.nn.Module`): A Chronos, Chronos-Bolt or TTM model (wrapped, peft or masked ones too).
-        features (`list[dict]`): Items of a window dataset: `past_values`, `future_values` (`(T,)` or `(T, C)`) and
-            optionally `past_observed_mask` / `future_observed_mask`.
-        freq_index (`int`, *optional*): Unused (the signature of `hf_tsprune.training.TRAINING_INPUTS`).
-
-    Returns:
-        `dict` of forward arguments: Chronos `input_ids`, `attention_mask`, `labels`; Chronos-Bolt `context`, `mask`,
-        `target`, `target_mask`; TTM `past_values`, `future_values` and their observed masks.
-    """
-    model = _unwrapped(model)
-    family = family_of(model)
-    if family not in FAMILY_TRAINING_INPUTS:
-        raise ValueError(
-            f"No training inputs here for {type(model).__name__} (family {family!r}): this function serves "
-            f"{sorted(FAMILY_TRAINING_INPUTS)}; the other families are in `hf_tsprune.training.TRAINING_INPUTS`."
-        )
-    return FAMILY_TRAINING_INPUTS[family](model, features, freq_index)
-
-
-def training_label_names(model: torch.nn.Module) -> list[str]:
-    """The `TrainingArguments.label_names` for `training_inputs` (the loss target's key; `future_values` for the
-    families of `hf_tsprune.training`)."""
-    return list(TRAINING_LABEL_NAMES.get(family_of(_unwrapped(model)), ["future_values"]))
-
-
-class TrainingCollator:
-    """A `Trainer` data collator calling [`training_inputs`] for `model`'s family.
-
-    Args:
-        model (`torch.nn.Module`): The model the Trainer drives (masks installed on it, or not).
-        freq_index (`int`, *optional*): Passed through (unused by these families).
-    """
-
-    def __init__(self, model: torch.nn.Module, freq_index: int = 0):
-        self.model = _unwrapped(model)
-        self.freq_index = freq_index
-        if family_of(self.model) not in FAMILY_TRAINING_INPUTS:
-            raise ValueError(
-                f"TrainingCollator serves {sorted(FAMILY_TRAINING_INPUTS)}; for {type(self.model).__name__} use "
-                "`hf_tsprune.training.ForecastCollator`."
-            )
-
-    def __call__(self, features: list[dict]) -> dict:
-        if "past_values" not in features[0]:
-            raise ValueError(
-                "The batch has no `past_values`: the Trainer dropped the window columns. Set "
-                "`TrainingArguments(remove_unused_columns=False)`."
-            )
-        return training_inputs(self.model, features, self.freq_index)
 
 
 ADAPTERS: dict[str, ForecastAdapter] = {
@@ -604,6 +541,9 @@ def family_of(model_or_config: torch.nn.Module | PretrainedConfig | str) -> str 
     """
     if isinstance(model_or_config, str):
         return MODEL_TYPE_FAMILIES.get(model_or_config, model_or_config)
+    base_model_type = getattr(getattr(model_or_config, "config", model_or_config), "base_model_type", None)
+    if base_model_type:  # a pruned hf_tsprune checkpoint: its base family
+        return MODEL_TYPE_FAMILIES.get(base_model_type, base_model_type)
     if isinstance(model_or_config, torch.nn.Module):
         names = {cls.__name__ for cls in type(model_or_config).__mro__}
         if "ChronosBoltModelForForecasting" in names:

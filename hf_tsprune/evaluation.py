@@ -105,13 +105,22 @@ def load_forecaster(
     name = os.fspath(model_name_or_path)
     if name in NAIVE_BASELINES:
         return NaiveForecaster(name, season_length)
+    import importlib.util
+
     from transformers import AutoConfig
 
+    from .modeling import PRUNED_MODEL_CLASSES
+
+    if importlib.util.find_spec("tsfm_public") is not None:
+        import tsfm_public  # noqa: F401  (registers TTM's `tinytimemixer` config with AutoConfig)
     config = AutoConfig.from_pretrained(
         name, **{k: v for k, v in from_pretrained_kwargs.items() if k in ("revision", "token")}
     )
-    adapter = get_adapter(config.model_type)
-    model = adapter.model_class().from_pretrained(name, **from_pretrained_kwargs)
+    adapter = get_adapter(config)
+    base_model_type = getattr(config, "base_model_type", None)
+    # a pruned hf_tsprune checkpoint loads with its pruned class, anything else with its family's class
+    model_class = PRUNED_MODEL_CLASSES[base_model_type] if base_model_type else adapter.model_class()
+    model = model_class.from_pretrained(name, **from_pretrained_kwargs)
     return model.eval()
 
 

@@ -57,6 +57,9 @@ from .remote_code.modeling_hf_tsprune import (
 )
 from .surgery import LAYOUT_ATTR, PruningPlan
 
+BASE_PACKAGES = ("transformers.", "chronos.", "tsfm_public.")
+"""Packages whose model/config classes a pruned class extends."""
+
 REMOTE_CODE_FILES = ("configuration_hf_tsprune.py", "modeling_hf_tsprune.py")
 """The files `save_pretrained` writes beside the weights of a pruned model (for `trust_remote_code=True`)."""
 
@@ -96,7 +99,7 @@ def register_auto_classes() -> None:
 
 def _base_class(pruned_class: type) -> type:
     """The transformers class a pruned model class extends (e.g. `TimesFmModelForPrediction`)."""
-    return next(c for c in pruned_class.__mro__[1:] if c.__module__.startswith("transformers."))
+    return next(c for c in pruned_class.__mro__[1:] if c.__module__.startswith(BASE_PACKAGES))
 
 
 def _family(model: nn.Module) -> str:
@@ -117,7 +120,7 @@ def is_pruned_model(model: nn.Module) -> bool:
 
 def _base_config_class(config_class: type) -> type:
     """The transformers configuration class a pruned configuration class extends (e.g. `TimesFmConfig`)."""
-    return next(c for c in config_class.__mro__[1:] if c.__module__.startswith("transformers."))
+    return next(c for c in config_class.__mro__[1:] if c.__module__.startswith(BASE_PACKAGES))
 
 
 def _meta_base_model(config, base_model_type: str) -> nn.Module:

@@ -28,7 +28,7 @@ from .evaluation import evaluate_forecaster
 from .masks import install_masks
 from .scoring import PruningConfig
 from .surgery import PruningPlan, shrink
-from .training import ForecastCollator, dropout_disabled
+from .training import ForecastCollator, dropout_disabled, training_label_names
 
 logger = logging.get_logger(__name__)
 
@@ -70,9 +70,9 @@ def _freq_index(dataset: datasets.Dataset) -> int:
     return timesfm_frequency_index(get_window_source(dataset).freq)
 
 
-def _training_arguments(output_dir: str, **overrides: Any) -> TrainingArguments:
+def _training_arguments(output_dir: str, model: nn.Module, **overrides: Any) -> TrainingArguments:
     defaults = dict(
-        label_names=["future_values"],
+        label_names=training_label_names(model),
         remove_unused_columns=False,
         report_to=[],
         dataloader_num_workers=0,
@@ -118,6 +118,7 @@ def prune_stage(
     callback = PruningCallback(pruning_config, resume_from_checkpoint=resume_from_checkpoint)
     args = _training_arguments(
         output_dir,
+        model,
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size,
@@ -195,6 +196,7 @@ def finetune_stage(
     best_weights = BestWeightsCallback("eval_loss", patience=early_stopping_patience)
     args = _training_arguments(
         output_dir,
+        model,
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size,
@@ -343,29 +345,22 @@ def load_model(model_name_or_path: str) -> nn.Module:
         os.path.join(REFERENCE_MODEL_DIR, "config.json")
     ):
         raise ValueError(f"The bundled reference model is missing from {REFERENCE_MODEL_DIR}; reinstall hf_tsprune.")
-    from transformers import AutoConfig
+    from .evaluation import load_forecaster
 
-    from .adapters import get_adapter
-
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    base_type = getattr(config, "base_model_type", None) or config.model_type
-    get_adapter(base_type)  # clear error for unsupported families
-    from transformers import AutoModelForTimeSeriesPrediction
-
-    try:
-        model = AutoModelForTimeSeriesPrediction.from_pretrained(model_name_or_path)
-    except ValueError:
-        model = get_adapter(base_type).model_class().from_pretrained(model_name_or_path)
-    return model.eval()
+    model = load_forecaster(model_name_or_path)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{model_name_or_path!r} is a naive baseline: prune and finetune need a model.")
+    return model
 
 
 def load_data(args: TaskArguments, model: nn.Module) -> dict[str, datasets.Dataset]:
     """Train/validation windows at the family's training horizon and test windows at `prediction_length`."""
+    from .adapters import get_adapter
     from .data import load_forecasting_dataset
     from .training import training_horizon
 
     horizon = training_horizon(model, args.prediction_length)
-    keep_channel_axis = not getattr(model.config, "model_type", "").startswith("timesfm")
+    keep_channel_axis = not get_adapter(model).univariate
     common = dict(
         context_length=args.context_length,
         data_dir=args.data_dir,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .adapters import FAMILY_TRAINING_INPUTS, TRAINING_LABEL_NAMES, family_of, get_adapter
 from .masks import unwrap
 
 
@@ -67,7 +68,33 @@ TRAINING_INPUTS: dict[str, Callable[[nn.Module, list[dict], int], dict]] = {
     "patchtst": _patchtst_inputs,
     "patchtsmixer": _patchtsmixer_inputs,
 }
-"""Per `config.model_type`: window features -> the model's forward arguments (including the loss target)."""
+TRAINING_INPUTS.update(FAMILY_TRAINING_INPUTS)  # chronos (token labels), chronos_bolt (quantile target), ttm (MSE)
+"""Per family (`hf_tsprune.adapters.family_of`): window features -> the model's forward arguments, loss target
+included."""
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The model under DDP/accelerate/compile wrappers and a peft wrapper."""
+    model = unwrap(model)
+    base = getattr(model, "get_base_model", None)
+    return base() if base is not None else model
+
+
+def training_inputs(model: nn.Module, features: list[dict], freq_index: int = 0) -> dict:
+    """Window features -> the forward arguments with which `model` computes its family's own training loss."""
+    model = base_model(model)
+    family = family_of(model)
+    if family not in TRAINING_INPUTS:
+        raise ValueError(
+            f"No training inputs for {type(model).__name__} (family {family!r}); supported: {sorted(TRAINING_INPUTS)}. "
+            "Register one in `hf_tsprune.training.TRAINING_INPUTS`."
+        )
+    return TRAINING_INPUTS[family](model, features, freq_index)
+
+
+def training_label_names(model: nn.Module) -> list[str]:
+    """`TrainingArguments.label_names` for the family's loss target (`future_values`, Chronos `labels`, Bolt `target`)."""
+    return list(TRAINING_LABEL_NAMES.get(family_of(base_model(model)), ["future_values"]))
 
 
 def training_horizon(model: nn.Module, prediction_length: int) -> int:
@@ -79,19 +106,19 @@ def training_horizon(model: nn.Module, prediction_length: int) -> int:
     Raises:
         `ValueError` when the model cannot produce `prediction_length` steps in one pass.
     """
-    config = unwrap(model).config
-    native = int(getattr(config, "horizon_length", None) or config.prediction_length)
+    model = base_model(model)
+    native = get_adapter(model).native_horizon(model)
     if prediction_length > native:
         raise ValueError(
-            f"prediction_length={prediction_length} exceeds the native horizon {native} of {type(unwrap(model)).__name__}"
+            f"prediction_length={prediction_length} exceeds the native horizon {native} of {type(model).__name__}"
             f", which training needs in one pass. Use --prediction_length <= {native} (evaluation alone can roll out)."
         )
-    return native if config.model_type == "timesfm" else prediction_length
+    return native if family_of(model) == "timesfm" else prediction_length
 
 
 @dataclass
 class ForecastCollator:
-    """Stacks window features into the forward arguments of `model`'s family.
+    """A `Trainer` data collator: stacks window features into the forward arguments of `model`'s family.
 
     Args:
         model (`nn.Module`): the model (or a wrapped/PEFT version of it) the Trainer drives.
@@ -102,20 +129,12 @@ class ForecastCollator:
     freq_index: int = 0
 
     def __post_init__(self):
-        model = unwrap(self.model)
-        base = getattr(model, "get_base_model", None)
-        model = base() if base is not None else model
-        model_type = model.config.model_type
-        if model_type not in TRAINING_INPUTS:
-            raise ValueError(
-                f"No training inputs for model type {model_type!r}; supported: {sorted(TRAINING_INPUTS)}. Register one "
-                "in `hf_tsprune.training.TRAINING_INPUTS`."
-            )
-        self._model = model
-        self._build = TRAINING_INPUTS[model_type]
+        self._model = base_model(self.model)
+        if family_of(self._model) not in TRAINING_INPUTS:
+            training_inputs(self._model, [])  # raises the error naming the supported families
 
     def __call__(self, features: list[dict]) -> dict:
-        return self._build(self._model, features, self.freq_index)
+        return training_inputs(self._model, features, self.freq_index)
 
 
 @contextlib.contextmanager

@@ -290,7 +290,8 @@ def test_clear_errors(csv_path, tmp_path, monkeypatch):
         load_forecasting_dataset("ETTh3")
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     with pytest.raises(ValueError, match="data_dir"):
-        load_forecasting_dataset("ETTh1")
+        load_forecasting_dataset("ETTm1")
+    assert resolve_benchmark_path("ETTh1").parent.parent.name == "bundled_data"  # ETTh1 ships with the package
     with pytest.raises(ValueError, match="not found under"):
         resolve_benchmark_path("weather", tmp_path)
     no_time = tmp_path / "no_time.csv"

@@ -235,7 +235,7 @@ def test_load_forecaster_local_folder_and_errors(tmp_path):
     model.save_pretrained(tmp_path / "patchtst")
     loaded = load_forecaster(tmp_path / "patchtst")
     assert isinstance(loaded, PatchTSTForPrediction) and not loaded.training
-    assert set(ADAPTERS) == {"timesfm", "timesfm2_5", "patchtst", "patchtsmixer"}
+    assert set(ADAPTERS) == {"timesfm", "timesfm2_5", "patchtst", "patchtsmixer", "chronos", "chronos_bolt", "ttm"}
     with pytest.raises(ValueError, match="Unsupported model type 'bert'.*PatchTSTForPrediction"):
         get_adapter("bert")
 

@@ -14,16 +14,11 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_tsprune import PruningCallback, PruningConfig, get_spec, install_masks, masked_groups, set_masks, shrink
-from hf_tsprune.adapters import (
-    TrainingCollator,
-    family_of,
-    get_adapter,
-    training_inputs,
-    training_label_names,
-)
+from hf_tsprune.adapters import family_of, get_adapter
 from hf_tsprune.architectures.chronos import KEPT_HEADS
 from hf_tsprune.masks import get_masks
 from hf_tsprune.surgery import apply_layout
+from hf_tsprune.training import ForecastCollator, training_inputs, training_label_names
 
 FAMILY = {"chronos": "chronos", "chronos_gated": "chronos", "chronos_bolt": "chronos_bolt", "ttm": "ttm"}
 
@@ -277,7 +272,7 @@ def test_prune_shrink_finetune(tmp_path, name):
         args=prune_args,
         train_dataset=train,
         eval_dataset=validation,
-        data_collator=TrainingCollator(model),
+        data_collator=ForecastCollator(model),
         callbacks=[callback],
     )
     trainer.train()
@@ -291,7 +286,7 @@ def test_prune_shrink_finetune(tmp_path, name):
         model=model.train(),
         args=TrainingArguments(str(tmp_path / "finetune"), max_steps=2, learning_rate=1e-3, **common),
         train_dataset=train,
-        data_collator=TrainingCollator(model),
+        data_collator=ForecastCollator(model),
     )
     result = finetune.train()
     assert torch.isfinite(torch.tensor(result.training_loss))

@@ -101,13 +101,16 @@ def test_saved_checkpoint_records_every_size(saved, name):
     with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
         assert set(f.keys()) == set(model.state_dict())
     # the remote-code files import torch, transformers, the standard library and each other: nothing of hf_tsprune
+    # (and, guarded by try/except ImportError, the optional families' own packages chronos and tsfm_public)
     for filename in REMOTE_CODE_FILES:
         tree = ast.parse(open(os.path.join(folder, filename)).read())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 assert all(a.name.split(".")[0] in ("math", "re", "torch") for a in node.names), filename
             elif isinstance(node, ast.ImportFrom):
-                allowed = node.level == 1 or node.module.split(".")[0] in ("collections", "torch", "transformers")
+                allowed = node.level == 1 or node.module.split(".")[0] in (
+                    "collections", "torch", "transformers", "chronos", "tsfm_public"
+                )  # fmt: skip
                 assert allowed, (filename, node.module)
 
 
@@ -224,9 +227,9 @@ def test_remote_code_tables_mirror_the_architecture_specs():
         assert len(blocks) == len(spec.groups)
         for entry, group in zip(blocks, spec.groups):
             assert entry["kind"] == group.kind and entry["pattern"] == group.pattern
-            fields = ("producers", "consumer", "width_attrs") if group.kind == "mlp" else (
+            fields = ("producers", "consumer", "width_attrs", "module_classes") if group.kind == "mlp" else (
                 "q", "k", "v", "o", "head_dim_attr", "num_heads_attrs", "num_kv_heads_attrs", "size_attrs",
-                "kv_groups_attr",
+                "kv_groups_attr", "kept_heads_attr", "module_classes",
             )  # fmt: skip
             for field in fields:
                 assert entry[field] == getattr(group, field), (name, field)

@@ -1,8 +1,8 @@
 # Configuration of hf_tsprune pruned checkpoints, for `trust_remote_code=True` loading with transformers alone.
 #
-# This file is written beside the weights by hf_tsprune and imports nothing but transformers: a pruned checkpoint loads
-# without hf_tsprune installed. Inside hf_tsprune the same classes are registered with `AutoConfig`, so `import
-# hf_tsprune` is enough to load it without remote code.
+# This file is written beside the weights by hf_tsprune and imports nothing but transformers (and, where installed,
+# granite-tsfm for TTM's configuration): a pruned checkpoint loads without hf_tsprune installed. Inside hf_tsprune the
+# same classes are registered with `AutoConfig`, so `import hf_tsprune` is enough to load it without remote code.
 """Configurations of pruned time-series models: the base architecture's configuration plus every per-layer size.
 
 A pruned model is its base architecture with some layers narrower than the configuration says. Each class here
@@ -18,7 +18,12 @@ Each class has its own `model_type` (`hf_tsprune_<base model_type>`), so transfo
 checkpoint for a dense one nor applies the base model's checkpoint weight renamings to it.
 """
 
-from transformers import PatchTSMixerConfig, PatchTSTConfig, TimesFm2_5Config, TimesFmConfig
+from transformers import PatchTSMixerConfig, PatchTSTConfig, T5Config, TimesFm2_5Config, TimesFmConfig
+
+try:  # TTM's configuration lives in granite-tsfm (optional)
+    from tsfm_public import TinyTimeMixerConfig
+except ImportError:  # pragma: no cover
+    TinyTimeMixerConfig = None
 
 MODEL_TYPE_PREFIX = "hf_tsprune_"
 
@@ -27,6 +32,7 @@ class _PrunedConfigMixin:
     """Fields and behaviour shared by the pruned configurations (listed first in each class' bases)."""
 
     base_model_type = ""  # the base architecture's `model_type` (class attribute, not serialised)
+    base_config_model_type = None  # the base config's `model_type` where it differs (Chronos, Chronos-Bolt: "t5")
     model_class_name = ""  # the pruned model class, for `auto_map`
 
     def __post_init__(self, **kwargs):
@@ -35,7 +41,7 @@ class _PrunedConfigMixin:
         # (timesfm2_5: fc1 <-> ff0, fc2 <-> ff1) when saving but not when loading: the weights would silently
         # re-initialise. The model type of a pruned config is always its class'.
         model_type = kwargs.pop("model_type", None)
-        if model_type not in (None, self.model_type, self.base_model_type):
+        if model_type not in (None, self.model_type, self.base_model_type, self.base_config_model_type):
             raise ValueError(
                 f"{type(self).__name__} prunes {self.base_model_type!r} models; got a config of model type "
                 f"{model_type!r}. Use the pruned config class of that architecture."
@@ -164,7 +170,60 @@ class PrunedPatchTSMixerConfig(_PrunedConfigMixin, PatchTSMixerConfig):
     pruning: dict | None = None
 
 
-PRUNED_CONFIG_CLASSES = {
-    cls.base_model_type: cls
-    for cls in (PrunedTimesFmConfig, PrunedTimesFm2_5Config, PrunedPatchTSTConfig, PrunedPatchTSMixerConfig)
-}
+class PrunedChronosConfig(_PrunedConfigMixin, T5Config):
+    r"""[`T5Config`] of a pruned Chronos model (with its `chronos_config`), with its per-layer sizes."""
+
+    model_type = MODEL_TYPE_PREFIX + "chronos"
+    base_model_type = "chronos"  # the hf_tsprune family: Chronos checkpoints have model_type "t5"
+    base_config_model_type = "t5"
+    model_class_name = "PrunedChronosForConditionalGeneration"
+
+    hf_tsprune_layout: dict | None = None
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    pruning: dict | None = None
+
+
+class PrunedChronosBoltConfig(_PrunedConfigMixin, T5Config):
+    r"""[`T5Config`] of a pruned Chronos-Bolt model (with its `chronos_config`), with its per-layer sizes."""
+
+    model_type = MODEL_TYPE_PREFIX + "chronos_bolt"
+    base_model_type = "chronos_bolt"
+    base_config_model_type = "t5"
+    model_class_name = "PrunedChronosBoltModelForForecasting"
+
+    hf_tsprune_layout: dict | None = None
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    pruning: dict | None = None
+
+
+_CONFIGS = [PrunedTimesFmConfig, PrunedTimesFm2_5Config, PrunedPatchTSTConfig, PrunedPatchTSMixerConfig]
+_CONFIGS += [PrunedChronosConfig, PrunedChronosBoltConfig]
+
+if TinyTimeMixerConfig is not None:
+
+    class PrunedTinyTimeMixerConfig(_PrunedConfigMixin, TinyTimeMixerConfig):
+        r"""[`TinyTimeMixerConfig`] (granite-tsfm) of a pruned TTM model, with its per-layer sizes."""
+
+        model_type = MODEL_TYPE_PREFIX + "tinytimemixer"
+        base_model_type = "tinytimemixer"
+        model_class_name = "PrunedTinyTimeMixerForPrediction"
+
+        def __init__(self, hf_tsprune_layout=None, base_model=None, base_model_revision=None, pruning=None, **kwargs):
+            # TinyTimeMixerConfig is a classic (non-dataclass) configuration with its own __init__
+            model_type = kwargs.pop("model_type", None)
+            if model_type not in (None, self.model_type, self.base_model_type):
+                raise ValueError(f"{type(self).__name__} prunes 'tinytimemixer' models; got {model_type!r}.")
+            self.hf_tsprune_layout = hf_tsprune_layout
+            self.base_model = base_model
+            self.base_model_revision = base_model_revision
+            self.pruning = pruning
+            TinyTimeMixerConfig.__init__(self, **kwargs)
+            self.__dict__.pop("model_type", None)
+            if getattr(self, "auto_map", None) is None:
+                self.auto_map = self.default_auto_map()
+
+    _CONFIGS.append(PrunedTinyTimeMixerConfig)
+
+PRUNED_CONFIG_CLASSES = {cls.base_model_type: cls for cls in _CONFIGS}
