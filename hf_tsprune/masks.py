@@ -79,6 +79,8 @@ def describe_groups(model: nn.Module, spec: ArchitectureSpec | None = None) -> l
     spec = spec or get_spec(model)
     groups = []
     for name, group, module in spec.match(model):
+        if getattr(module, "hf_tsprune_empty", False):
+            continue  # an attention block already pruned to nothing (`EmptyAttention`): nothing left to remove
         if isinstance(group, MLPGroup):
             producers = [_linear(module, p, name) for p in group.producers]
             consumer = _linear(module, group.consumer, name)

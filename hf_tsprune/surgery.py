@@ -52,6 +52,8 @@ class EmptyAttention(nn.Module):
         bias (`torch.Tensor`, *optional*): the output projection's bias; `None` gives zeros.
     """
 
+    hf_tsprune_empty = True  # nothing prunable left: `describe_groups` skips it
+
     def __init__(self, out_features: int, bias: torch.Tensor | None = None):
         super().__init__()
         self.out_features = out_features

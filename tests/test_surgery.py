@@ -175,3 +175,15 @@ def test_apply_layout_rebuilds_the_shrunk_shapes(name):
         assert torch.equal(spec.forecast(model, inputs), spec.forecast(fresh, inputs))
     with pytest.raises(ValueError, match="does not match its base config"):
         apply_layout(build(name), {"no.such.block": {"kind": "mlp", "width": 1}})
+
+
+def test_a_shrunk_model_with_an_empty_block_can_be_pruned_again():
+    model = build("timesfm")
+    install_masks(model)
+    masks = {k: torch.ones_like(v) for k, v in get_masks(model).items()}
+    masks["decoder.layers.0.self_attn"][:] = False
+    shrink(model, masks, allow_empty_blocks=True)
+    groups = install_masks(model)
+    assert "decoder.layers.0.self_attn" not in {g.name for g in groups}
+    plan, rel, _ = masked_vs_shrunk(model, random_masks(model, 0.3), allow_empty_blocks=True)
+    assert rel < 1e-5 and params(model) == plan.params_after
