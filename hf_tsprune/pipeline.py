@@ -70,15 +70,37 @@ def _freq_index(dataset: datasets.Dataset) -> int:
     return timesfm_frequency_index(get_window_source(dataset).freq)
 
 
-def _training_arguments(output_dir: str, model: nn.Module, **overrides: Any) -> TrainingArguments:
+def _training_arguments(
+    output_dir: str,
+    model: nn.Module,
+    *,
+    epochs: float,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    eval_steps: int | None,
+    seed: int,
+    use_cpu: bool,
+    disable_tqdm: bool | None,
+    **overrides: Any,
+) -> TrainingArguments:
+    """The settings both stages share: the family's label names, evaluation every `eval_steps` (else every epoch)."""
     defaults = dict(
         label_names=training_label_names(model),
         remove_unused_columns=False,
         report_to=[],
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
-        save_total_limit=1,
         logging_first_step=True,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        eval_strategy="steps" if eval_steps else "epoch",
+        eval_steps=eval_steps,
+        logging_steps=max(1, (eval_steps or 10) // 2),
+        seed=seed,
+        use_cpu=use_cpu,
+        disable_tqdm=disable_tqdm,
     )
     defaults.update(overrides)
     return TrainingArguments(output_dir, **defaults)
@@ -116,26 +138,15 @@ def prune_stage(
     """
     install_masks(model)
     callback = PruningCallback(pruning_config, resume_from_checkpoint=resume_from_checkpoint)
+    shared = dict(gradient_accumulation_steps=gradient_accumulation_steps, eval_steps=eval_steps, seed=seed)
     args = _training_arguments(
-        output_dir,
-        model,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        eval_strategy="steps" if eval_steps else "epoch",
-        eval_steps=eval_steps,
-        save_strategy="steps" if eval_steps else "epoch",
+        output_dir, model, epochs=epochs, batch_size=batch_size, use_cpu=use_cpu, disable_tqdm=disable_tqdm, **shared,
+        save_strategy="steps" if eval_steps else "epoch",  # every prune-run checkpoint can be resumed from
         save_steps=eval_steps,
-        logging_steps=max(1, (eval_steps or 10) // 2),
-        save_total_limit=None,  # every prune-run checkpoint can be resumed from
         max_grad_norm=0.0,  # clipping would rescale the mask gradients, hence the Taylor scores
         learning_rate=1e-3,  # only masks are trainable, and their gradients are dropped after scoring
         weight_decay=0.0,
-        seed=seed,
-        use_cpu=use_cpu,
-        disable_tqdm=disable_tqdm,
-    )
+    )  # fmt: skip
     trainer = Trainer(
         model=model,
         args=args,
@@ -194,25 +205,15 @@ def finetune_stage(
         )
         trained = get_peft_model(model, lora)
     best_weights = BestWeightsCallback("eval_loss", patience=early_stopping_patience)
+    shared = dict(gradient_accumulation_steps=gradient_accumulation_steps, eval_steps=eval_steps, seed=seed)
     args = _training_arguments(
-        output_dir,
-        model,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
+        output_dir, trained, epochs=epochs, batch_size=batch_size, use_cpu=use_cpu, disable_tqdm=disable_tqdm, **shared,
+        save_strategy="no",  # the best weights are kept in memory (BestWeightsCallback)
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
-        eval_strategy="steps" if eval_steps else "epoch",
-        eval_steps=eval_steps,
-        save_strategy="no",  # the best weights are kept in memory (BestWeightsCallback)
-        logging_steps=max(1, (eval_steps or 10) // 2),
-        seed=seed,
-        use_cpu=use_cpu,
-        disable_tqdm=disable_tqdm,
-    )
+    )  # fmt: skip
     trainer = Trainer(
         model=trained,
         args=args,

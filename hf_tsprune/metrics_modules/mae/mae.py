@@ -8,11 +8,10 @@ Packaged with hf_tsprune so that it loads without network:
     metric = evaluate.load(metric_module_path("mae"))  # or evaluate.load(metric_module_path("mae"), "multivariate")
 """
 
-import datasets
 import evaluate
-import numpy as np
 
 from hf_tsprune.metrics import mae
+from hf_tsprune.metrics_modules import as_float64, metric_info
 
 _DESCRIPTION = """
 Mean absolute error of forecasts over observed values (the LTSF protocol reports it on standard-scaled
@@ -29,41 +28,12 @@ Returns:
     mae: the metric, a float.
 """
 
-_CITATION = """@article{lessismore2025,
-  title={Less is More: Unlocking Specialization of Time Series Foundation Models via Structured Pruning},
-  journal={arXiv preprint arXiv:2505.23195},
-  year={2025}
-}
-"""
-
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Mae(evaluate.Metric):
     def _info(self):
-        if self.config_name == "multivariate":
-            features = datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("float64"))),
-                    "references": datasets.Sequence(datasets.Sequence(datasets.Value("float64"))),
-                }
-            )
-        else:
-            features = datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("float64")),
-                }
-            )
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=features,
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, self.config_name, prediction_extra_axes=0)
 
     def _compute(self, predictions, references, observed_mask=None):
-        predictions = np.asarray(predictions, dtype=np.float64)
-        references = np.asarray(references, dtype=np.float64)
-        if observed_mask is not None:
-            observed_mask = np.asarray(observed_mask, dtype=np.float64)
+        predictions, references, observed_mask = as_float64(predictions, references, observed_mask)
         return {"mae": mae(predictions, references, observed_mask=observed_mask)}

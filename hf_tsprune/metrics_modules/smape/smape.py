@@ -9,11 +9,10 @@ Packaged with hf_tsprune so that it loads without network:
         "multivariate")
 """
 
-import datasets
 import evaluate
-import numpy as np
 
 from hf_tsprune.metrics import smape
+from hf_tsprune.metrics_modules import as_float64, metric_info
 
 _DESCRIPTION = """
 Symmetric mean absolute percentage error, mean of 2|y - y_hat| / (|y| + |y_hat|), a fraction in [0,
@@ -30,41 +29,12 @@ Returns:
     smape: the metric, a float.
 """
 
-_CITATION = """@article{lessismore2025,
-  title={Less is More: Unlocking Specialization of Time Series Foundation Models via Structured Pruning},
-  journal={arXiv preprint arXiv:2505.23195},
-  year={2025}
-}
-"""
-
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Smape(evaluate.Metric):
     def _info(self):
-        if self.config_name == "multivariate":
-            features = datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("float64"))),
-                    "references": datasets.Sequence(datasets.Sequence(datasets.Value("float64"))),
-                }
-            )
-        else:
-            features = datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("float64")),
-                }
-            )
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=features,
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, self.config_name, prediction_extra_axes=0)
 
     def _compute(self, predictions, references, observed_mask=None):
-        predictions = np.asarray(predictions, dtype=np.float64)
-        references = np.asarray(references, dtype=np.float64)
-        if observed_mask is not None:
-            observed_mask = np.asarray(observed_mask, dtype=np.float64)
+        predictions, references, observed_mask = as_float64(predictions, references, observed_mask)
         return {"smape": smape(predictions, references, observed_mask=observed_mask)}
