@@ -6,6 +6,9 @@ standard-scaled values (train-split statistics), every test window (stride 1), e
 Launch:
 
 ```bash
+# the bundled reference model on the bundled ETTh1, horizon 96 (offline, no arguments)
+python recipes/zero_shot.py
+
 # naive baselines on ETTh1, horizon 96 (reference: MSE 1.294 / MAE 0.713, seasonal naive MSE 0.512)
 python recipes/zero_shot.py --model_name_or_path repeat_last --dataset ETTh1 --data_dir ../shared/data \
     --prediction_length 96 --output_dir out/etth1_repeat_last
@@ -40,6 +43,7 @@ from transformers import HfArgumentParser, set_seed
 from hf_tsprune.adapters import get_adapter
 from hf_tsprune.data import get_window_source, load_forecasting_dataset
 from hf_tsprune.evaluation import NaiveForecaster, evaluate_forecaster, load_forecaster
+from hf_tsprune.pipeline import REFERENCE_MODEL_DIR
 
 
 @dataclass
@@ -47,13 +51,18 @@ class ZeroShotArguments:
     """Arguments of `recipes/zero_shot.py`."""
 
     model_name_or_path: str = field(
-        metadata={"help": "Hub id or local folder of a supported model, or a baseline: repeat_last, seasonal_naive."}
+        default=REFERENCE_MODEL_DIR,
+        metadata={
+            "help": "Hub id or local folder of a supported model, or a baseline: repeat_last, seasonal_naive "
+            "(default: the bundled reference model)."
+        },
     )
     dataset: str = field(
+        default="ETTh1",
         metadata={
             "help": "Benchmark name (ETTh1, ETTh2, ETTm1, ETTm2, weather, electricity, traffic, exchange_rate, "
             "illness), a CSV/parquet file with a time column, a local dataset folder or a Hub dataset id."
-        }
+        },
     )
     data_dir: str | None = field(
         default=None, metadata={"help": "Folder of the benchmark files (default: $HF_TSPRUNE_DATA_DIR)."}

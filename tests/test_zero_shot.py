@@ -118,3 +118,10 @@ def test_acceptance_etth1_baselines(zero_shot, tmp_path, baseline, expected_mse,
     assert test["mse"] == pytest.approx(expected_mse, abs=1e-3)
     if expected_mae is not None:
         assert test["mae"] == pytest.approx(expected_mae, abs=1e-3)
+
+
+def test_no_arguments_evaluates_the_bundled_reference_model_on_bundled_etth1(zero_shot, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TSPRUNE_DATA_DIR", raising=False)
+    results = zero_shot.main(["--output_dir", str(tmp_path), "--max_windows", "64"])
+    assert results["model"].endswith("reference_model") and results["dataset"] == "ETTh1"
+    assert results["test"]["mse"] < 1.0 and results["prediction_length"] == 96
