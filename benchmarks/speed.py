@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -168,8 +167,14 @@ def step_worker(name: str, kind: str, batch_size: int, repeats: int) -> dict:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": statistics.median(times), "peak_rss_mib": peak_kib / 1024}
+    return {"seconds": statistics.median(times), "peak_rss_mib": peak_rss_kib() / 1024}
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory (`VmHWM`). Not `ru_maxrss`: Linux carries that across `execve` from the
+    forking parent, so a small child would report the benchmark's own footprint."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
 def run_step(name: str, kind: str, batch_size: int, repeats: int) -> dict:

@@ -252,10 +252,11 @@ REFERENCE_MODEL_DIR = os.path.join(os.path.dirname(__file__), "reference_model")
 """The bundled reference model (the recipes' offline default)."""
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # minutes on 2 CPU cores: every 8th training window, every 8th validation window, short runs
-    "quick": {"train_stride": 8, "validation_stride": 8, "finetune_epochs": 2.0},
+    # minutes on 2 CPU cores: every 8th training and validation window, an evaluation (a candidate mask set) every
+    # 20 steps, a short finetune with early stopping
+    "quick": {"train_stride": 8, "validation_stride": 8, "eval_steps": 20, "finetune_epochs": 4.0},
     # the paper's protocol: every window
-    "full": {"train_stride": 1, "validation_stride": 1, "finetune_epochs": 10.0},
+    "full": {"train_stride": 1, "validation_stride": 1, "eval_steps": 100, "finetune_epochs": 10.0},
 }
 
 
@@ -280,7 +281,9 @@ class TaskArguments:
     per_device_train_batch_size: int = field(default=64)
     per_device_eval_batch_size: int = field(default=256)
     gradient_accumulation_steps: int = field(default=1)
-    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (default: every epoch)."})
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "Evaluate (and rank the prune run's mask set) every N steps (preset)."}
+    )
     learning_rate: float = field(default=1e-4, metadata={"help": "Finetune learning rate."})
     finetune_epochs: float | None = field(default=None, metadata={"help": "Finetune epochs (preset)."})
     early_stopping_patience: int = field(default=3)

@@ -151,3 +151,13 @@ def test_yaml_config_and_flags_override(tmp_path):
     bad.write_text("not_a_setting: 1\n")
     with pytest.raises(ValueError, match="unknown settings"):
         parse_arguments(prune_finetune.PruneFinetuneArguments, ["--config", str(bad)])
+
+
+def test_lora_finetune_is_merged_before_saving(task, tmp_path):
+    results = prune_finetune.main(argv(task, tmp_path / "lora", "--lora_rank", "4", "--finetune_epochs", "1"))
+    assert np.isfinite(results["finetuned"]["test"]["mse"])
+    from hf_tsprune.pipeline import load_model
+
+    reloaded = load_model(str(tmp_path / "lora" / "model"))
+    assert not any("lora" in name for name, _ in reloaded.named_parameters())
+    assert sum(p.numel() for p in reloaded.parameters()) == results["params_after"]

@@ -8,8 +8,9 @@ from .v_head_dim import timesfm2_5_attention_forward
 
 def example_inputs(model, batch_size: int = 1, generator: torch.Generator | None = None) -> dict:
     config = model.config
-    context = min(config.context_length, 4 * config.patch_length * max(1, 128 // config.patch_length))
-    return {"past_values": torch.randn(batch_size, context, generator=generator)}
+    context = min(config.context_length, 16 * config.patch_length)
+    # without `forecast_context_len` the model front-pads every input to `config.context_length` (16384 by default)
+    return {"past_values": torch.randn(batch_size, context, generator=generator), "forecast_context_len": context}
 
 
 def forecast(model, inputs: dict) -> torch.Tensor:
