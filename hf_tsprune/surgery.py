@@ -50,20 +50,23 @@ class EmptyAttention(nn.Module):
     Args:
         out_features (`int`): width of the attention output (the model width).
         bias (`torch.Tensor`, *optional*): the output projection's bias; `None` gives zeros.
+        num_outputs (`int`, *optional*, defaults to 2): length of the returned tuple, as the replaced block's
+            `forward` returns it (the output first, then `None`s).
     """
 
     hf_tsprune_empty = True  # nothing prunable left: `describe_groups` skips it
 
-    def __init__(self, out_features: int, bias: torch.Tensor | None = None):
+    def __init__(self, out_features: int, bias: torch.Tensor | None = None, num_outputs: int = 2):
         super().__init__()
         self.out_features = out_features
+        self.num_outputs = num_outputs
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple:
         out = hidden_states.new_zeros(*hidden_states.shape[:-1], self.out_features)
         if self.bias is not None:
             out = out + self.bias
-        return out, None
+        return (out,) + (None,) * (self.num_outputs - 1)
 
 
 @dataclass
@@ -329,7 +332,7 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
         return
     o = module.get_submodule(group.o)
     if plan.heads_after == 0 and group.kept_heads_attr is None:
-        set_submodule(model, masked.name, EmptyAttention(o.out_features, o.bias))
+        set_submodule(model, masked.name, EmptyAttention(o.out_features, o.bias, group.num_outputs))
         return
     q, k, v = (module.get_submodule(getattr(group, a)) for a in "qkv")
     qk_dim = int(getattr(module, group.head_dim_attr))

@@ -17,7 +17,7 @@ from hf_tsprune import PruningCallback, PruningConfig, get_spec, install_masks, 
 from hf_tsprune.adapters import family_of, get_adapter
 from hf_tsprune.architectures.chronos import KEPT_HEADS
 from hf_tsprune.masks import get_masks
-from hf_tsprune.surgery import apply_layout
+from hf_tsprune.surgery import EmptyAttention, apply_layout
 from hf_tsprune.training import ForecastCollator, training_inputs, training_label_names
 
 FAMILY = {"chronos": "chronos", "chronos_gated": "chronos", "chronos_bolt": "chronos_bolt", "ttm": "ttm"}
@@ -298,14 +298,28 @@ def test_prune_shrink_finetune(tmp_path, name):
 
 
 def shrunk_with_every_change(name: str):
-    """A tiny model with removed heads, cut value channels, an empty T5 attention block and a zero-width MLP."""
+    """A tiny model with removed heads, cut value channels, an empty attention block and a zero-width MLP."""
     model = build(name)
     install_masks(model)
     masks = t5_head_masks(model) if name.startswith("chronos") else random_masks(model, 0.5, seed=4)
     if name == "ttm":
         masks[next(iter(m for m in masks if m.endswith("mlp")))][:] = False
+        masks[next(iter(m for m in masks if m.endswith("self_attn_layer")))][:] = False
     plan = shrink(model, masks, allow_empty_blocks=True)
     return model.eval(), plan
+
+
+def test_ttm_attention_block_without_heads_is_exact():
+    """TTM's patch-mixer attention returns three values; its `EmptyAttention` stand-in must too."""
+    require("ttm")
+    model = build("ttm")
+    install_masks(model)
+    masks = {k: torch.ones_like(v) for k, v in get_masks(model).items()}
+    masks[next(iter(m for m in masks if m.endswith("self_attn_layer")))][:] = False
+    plan, rel, _ = masked_vs_shrunk(model, masks, allow_empty_blocks=True)
+    assert rel < 1e-5
+    empty = [m for m in model.modules() if isinstance(m, EmptyAttention)]
+    assert len(empty) == 1 and empty[0].num_outputs == 3
 
 
 @pytest.mark.parametrize("name", ["chronos", "chronos_bolt", "ttm"])

@@ -229,7 +229,7 @@ def test_remote_code_tables_mirror_the_architecture_specs():
             assert entry["kind"] == group.kind and entry["pattern"] == group.pattern
             fields = ("producers", "consumer", "width_attrs", "module_classes") if group.kind == "mlp" else (
                 "q", "k", "v", "o", "head_dim_attr", "num_heads_attrs", "num_kv_heads_attrs", "size_attrs",
-                "kv_groups_attr", "kept_heads_attr", "module_classes",
+                "kv_groups_attr", "kept_heads_attr", "module_classes", "num_outputs",
             )  # fmt: skip
             for field in fields:
                 assert entry[field] == getattr(group, field), (name, field)

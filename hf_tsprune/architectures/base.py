@@ -89,6 +89,9 @@ class AttentionGroup:
             instead of being replaced by `EmptyAttention`.
         module_classes (`tuple[str, ...]`, *optional*):
             When given, only modules whose class (or a base class) has one of these names match.
+        num_outputs (`int`, *optional*, defaults to 2):
+            How many values the block's `forward` returns (the attention output first): the `EmptyAttention` that
+            replaces a block with no head left returns as many, the rest `None` (TTM's attention returns three).
     """
 
     pattern: str
@@ -104,6 +107,7 @@ class AttentionGroup:
     v_head_dim_forward: Callable | None = None
     kept_heads_attr: str | None = None
     module_classes: tuple[str, ...] = ()
+    num_outputs: int = 2
 
     kind = "attention"
 

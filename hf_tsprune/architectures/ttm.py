@@ -44,6 +44,7 @@ TTM_SPEC = register_architecture(
                 o="out_proj",
                 num_heads_attrs=("num_heads",),
                 size_attrs={"embed_dim": "o"},
+                num_outputs=3,  # (output, attention weights, past key/value)
             ),
             MLPGroup(
                 pattern=r".*\.(patch_mixer|feature_mixer|channel_feature_mixer)\.mlp",

@@ -67,18 +67,21 @@ class EmptyAttention(nn.Module):
     Args:
         out_features (`int`): width of the attention output (the model width).
         bias (`torch.Tensor`, *optional*): the output projection's bias; `None` gives zeros.
+        num_outputs (`int`, *optional*, defaults to 2): length of the returned tuple, as the replaced block's
+            `forward` returns it (the output first, then `None`s).
     """
 
-    def __init__(self, out_features: int, bias: torch.Tensor | None = None):
+    def __init__(self, out_features: int, bias: torch.Tensor | None = None, num_outputs: int = 2):
         super().__init__()
         self.out_features = out_features
+        self.num_outputs = num_outputs
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple:
         out = hidden_states.new_zeros(*hidden_states.shape[:-1], self.out_features)
         if self.bias is not None:
             out = out + self.bias
-        return out, None
+        return (out,) + (None,) * (self.num_outputs - 1)
 
 
 def timesfm_attention_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -234,6 +237,7 @@ def _attention(pattern: str, o: str = "o_proj", **kwargs) -> dict:
         "v_head_dim_forward": None,
         "kept_heads_attr": None,
         "module_classes": (),
+        "num_outputs": 2,
     }
     entry.update(kwargs)
     return entry
@@ -313,6 +317,7 @@ BLOCKS = {
             o="out_proj",
             num_heads_attrs=("num_heads",),
             size_attrs={"embed_dim": "o"},
+            num_outputs=3,
         ),
         _mlp(
             r".*\.(patch_mixer|feature_mixer|channel_feature_mixer)\.mlp",
@@ -412,7 +417,7 @@ def apply_pruned_layout(model: nn.Module, layout: dict, base_model_type: str) ->
         o = block.get_submodule(entry["o"])
         if heads == 0 and not entry["kept_heads_attr"]:
             bias = None if o.bias is None else torch.zeros_like(o.bias)
-            _set_submodule(model, name, EmptyAttention(o.out_features, bias))
+            _set_submodule(model, name, EmptyAttention(o.out_features, bias, entry["num_outputs"]))
             continue
         qk_dim = int(getattr(block, entry["head_dim_attr"]))
         groups = int(getattr(block, entry["kv_groups_attr"])) if entry["kv_groups_attr"] else 1
