@@ -3,12 +3,15 @@
 No real data is involved: every series is drawn from a random composition of
 
 - seasonal profiles: one to three periods (sampled in *steps*: 4 to ~1000, integer "calendar" periods such as 24, 96,
-  144, 168, 672 and arbitrary non-integer ones), several harmonics each, with slowly drifting amplitude and an
-  optional second period that is a multiple of the first (daily + weekly);
+  144, 168, 672 and arbitrary non-integer ones; the daily periods of sub-daily sampling rates are drawn most often),
+  several harmonics each, with slowly drifting amplitude, cycle-to-cycle amplitude variability (no two days alike,
+  so that averaging several cycles beats repeating the last one) and an optional second period that is a multiple of
+  the first (daily + weekly);
 - trends and levels: linear, piecewise-linear, random walks, slow AR(1) drifts, level shifts;
 - KernelSynth-style Gaussian-process samples (random Fourier features of RBF, rational-quadratic and periodic
   kernels, combined by sums and products, plus a linear kernel);
-- noise: white, AR(1)-coloured, heteroscedastic, heavy-tailed, sparse spikes;
+- noise: white, AR(1)-coloured, heteroscedastic, heavy-tailed, sparse spikes; from nearly clean signals to noise
+  several times larger than the seasonal profile;
 - a few special series (white noise, random walk, flat, steps, square/sawtooth waves, intermittent bursts);
 - TSMixup-style convex mixtures of one to three series.
 
@@ -35,6 +38,10 @@ __all__ = [
 # Periods (in steps) of common sampling rates: hourly (24, 168), 15-minute (96, 672), 10-minute (144, 1008),
 # 5-minute (288), half-hourly (48, 336), minutes (60), daily (7, 30.4, 365.25), monthly (12), quarterly (4), ...
 CALENDAR_PERIODS = np.array([24, 168, 96, 672, 144, 48, 336, 288, 12, 7, 30.4375, 52.18, 60, 4, 365.25, 720, 1008])
+# Sampling weights: daily cycles of sub-daily data (24, 96, 144, 48, 288) are the most common periodicity of real
+# operational series (energy, traffic, weather, sensors), so they are drawn twice as often as the others.
+CALENDAR_WEIGHTS = np.array([2, 1, 2, 1, 2, 2, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1], dtype=np.float64)
+CALENDAR_WEIGHTS /= CALENDAR_WEIGHTS.sum()
 # Multipliers for a second period attached to the first one (daily -> weekly, hourly -> daily, ...).
 PERIOD_MULTIPLIERS = np.array([7.0, 7.0, 7.0, 4.0, 12.0, 24.0, 2.0, 3.0, 30.4375, 52.18])
 
@@ -51,6 +58,9 @@ class SyntheticConfig:
         p_special: Share of special series (noise, random walk, flat, steps, waves, intermittent).
         p_mixup: Share of series replaced by a TSMixup convex mixture of 2-3 series.
         max_mixup: Largest number of series in one mixture.
+        p_cycle_variability: Probability that a seasonal term varies its amplitude from one cycle to the next.
+        p_high_noise: Share of structural series whose noise is drawn from the high range (0.3 to 3 times the
+            seasonal amplitude) rather than the full range (0.02 to 1.5).
     """
 
     length: int = 640
@@ -60,6 +70,8 @@ class SyntheticConfig:
     p_special: float = 0.05
     p_mixup: float = 0.25
     max_mixup: int = 3
+    p_cycle_variability: float = 0.5
+    p_high_noise: float = 0.4
 
 
 def _loguniform(rng: np.random.Generator, low: float, high: float, size) -> np.ndarray:
@@ -127,7 +139,7 @@ def _ar1(rng: np.random.Generator, phi: np.ndarray, n: int, length: int) -> np.n
 
 
 def _sample_periods(rng: np.random.Generator, size, p_calendar: float) -> np.ndarray:
-    calendar = rng.choice(CALENDAR_PERIODS, size=size)
+    calendar = rng.choice(CALENDAR_PERIODS, size=size, p=CALENDAR_WEIGHTS)
     jitter = np.where(rng.random(size) < 0.8, 1.0, rng.uniform(0.97, 1.03, size))  # slightly off-calendar clocks
     random_period = _loguniform(rng, 3.0, 1100.0, size)
     return np.where(rng.random(size) < p_calendar, calendar * jitter, random_period)
@@ -162,6 +174,14 @@ def _seasonal(rng: np.random.Generator, n: int, length: int, cfg: SyntheticConfi
         drift = _smooth_noise(rng, n, length, periods[:, j] * _loguniform(rng, 1.0, 20.0, n))
         drift_amp = rng.uniform(0, 0.5, (n, 1)) * (rng.random((n, 1)) < 0.7)
         wave *= 1.0 + drift_amp * drift
+        # Cycle-to-cycle variability: every cycle (day, week, ...) gets its own log-normal amplitude, correlated
+        # across neighbouring cycles by an AR(1) with coefficient `rho`.
+        cycle = np.floor(t / periods[:, j, None])
+        cycle = (cycle - cycle[:, :1]).astype(np.int64)
+        rho = rng.uniform(0.0, 0.9, n)
+        per_cycle = _ar1(rng, rho, n, int(cycle.max()) + 1)
+        cycle_amp = rng.uniform(0.1, 0.6, (n, 1)) * (rng.random((n, 1)) < cfg.p_cycle_variability)
+        wave *= np.exp(cycle_amp * np.take_along_axis(per_cycle, cycle, axis=1) - cycle_amp**2 / 2)
         out += term_amp[:, j, None] * wave
     return out
 
@@ -288,7 +308,9 @@ def generate_batch(n: int, rng: np.random.Generator, config: SyntheticConfig | N
     noise = _noise(rng, n, length, seasonal)
     # Relative scales: seasonality ~1, trend and noise log-uniform so that every signal-to-noise ratio appears.
     trend_scale = _loguniform(rng, 0.05, 3.0, (n, 1))
-    noise_scale = _loguniform(rng, 0.02, 1.5, (n, 1))
+    noise_scale = np.where(
+        rng.random((n, 1)) < cfg.p_high_noise, _loguniform(rng, 0.3, 3.0, (n, 1)), _loguniform(rng, 0.02, 1.5, (n, 1))
+    )
     structural = seasonal + trend_scale * trend + noise_scale * noise
 
     out = structural

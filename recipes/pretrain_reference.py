@@ -63,6 +63,8 @@ from transformers import (
 
 from hf_tsprune.synthetic import SyntheticConfig, SyntheticSeriesDataset, make_validation_set
 
+# Generator knobs recorded in `training_log.json` (pretrain_args) that rebuild the same held-out synthetic set.
+SYNTHETIC_KNOBS = ("p_kernel_synth", "p_mixup", "p_special", "p_cycle_variability", "p_high_noise")
 REFERENCE_MODEL_DIR = Path(__file__).resolve().parents[1] / "hf_tsprune" / "reference_model"
 
 
@@ -93,6 +95,10 @@ class PretrainArguments:
     p_kernel_synth: float = field(default=0.25, metadata={"help": "Share of KernelSynth-style GP series."})
     p_mixup: float = field(default=0.25, metadata={"help": "Share of TSMixup mixtures."})
     p_special: float = field(default=0.05, metadata={"help": "Share of special series (noise, flat, steps, ...)."})
+    p_cycle_variability: float = field(
+        default=0.5, metadata={"help": "Probability that a seasonal term's amplitude varies from cycle to cycle."}
+    )
+    p_high_noise: float = field(default=0.4, metadata={"help": "Share of structural series with high noise."})
     quantile_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the pinball loss."})
     max_train_minutes: float = field(
         default=68.0,
@@ -423,6 +429,8 @@ def train(
         p_kernel_synth=args.p_kernel_synth,
         p_mixup=args.p_mixup,
         p_special=args.p_special,
+        p_cycle_variability=args.p_cycle_variability,
+        p_high_noise=args.p_high_noise,
     )
     train_set = SyntheticSeriesDataset(seed=args.synthetic_seed, config=synth, chunk_size=args.chunk_size)
     validation = make_validation_set(args.validation_size, seed=args.validation_seed, config=synth)
@@ -703,6 +711,7 @@ def bundle(run_dir: str, output_dir: str, data_dir: str | None, datasets: list[s
         config=SyntheticConfig(
             length=model.config.context_length + model.config.horizon_length,
             context_length=model.config.context_length,
+            **{k: v for k, v in log["pretrain_args"].items() if k in SYNTHETIC_KNOBS},
         ),
     )
     choices = {}

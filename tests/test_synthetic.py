@@ -111,3 +111,30 @@ def test_validation_set_is_fixed_and_held_out():
 @pytest.mark.parametrize("n", [1, 3])
 def test_tiny_batches(n):
     assert generate_batch(n, np.random.default_rng(n)).shape == (n, 640)
+
+
+def test_cycle_variability_scales_whole_cycles_by_positive_factors():
+    """With the same draws, switching cycle-to-cycle variability on only multiplies each term by positive factors
+    (log-normal, one per cycle); switched off, the factor is exactly one."""
+    from hf_tsprune.synthetic import _seasonal
+
+    off = _seasonal(np.random.default_rng(11), 64, 640, SyntheticConfig(p_cycle_variability=0.0))
+    on = _seasonal(np.random.default_rng(11), 64, 640, SyntheticConfig(p_cycle_variability=1.0))
+    again = _seasonal(np.random.default_rng(11), 64, 640, SyntheticConfig(p_cycle_variability=0.0))
+    np.testing.assert_array_equal(off, again)
+    assert not np.allclose(on, off)
+    single = np.abs(off) > 1e-3
+    # one-term rows: the ratio is the per-cycle factor itself, positive and not constant
+    ratio = np.where(single, on / np.where(single, off, 1.0), 1.0)
+    spread = np.array([r[s].std() for r, s in zip(ratio, single)])
+    assert (spread > 0.02).mean() > 0.5
+
+
+def test_high_noise_share_makes_series_rougher():
+    def roughness(p_high_noise: float) -> float:
+        cfg = SyntheticConfig(p_high_noise=p_high_noise, p_kernel_synth=0.0, p_mixup=0.0, p_special=0.0)
+        x = generate_batch(512, np.random.default_rng(5), cfg).astype(np.float64)[:, :512]
+        z = (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-12)
+        return float(np.median(np.abs(np.diff(z, axis=1)).mean(1)))
+
+    assert roughness(1.0) > 1.5 * roughness(0.0)
