@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .adapters import ADAPTERS, ForecastAdapter, ModelForecast, get_adapter
+from .adapters import ADAPTERS, ForecastAdapter, ModelForecast, _chronos_settings, family_of, get_adapter
 from .data import WindowBatches, get_window_source, seasonal_period, timesfm_frequency_index
 from .metrics import ForecastMetrics
 
@@ -122,6 +122,42 @@ def load_forecaster(
     model_class = PRUNED_MODEL_CLASSES[base_model_type] if base_model_type else adapter.model_class()
     model = model_class.from_pretrained(name, **from_pretrained_kwargs)
     return model.eval()
+
+
+def load_chronos_pipeline(model_or_path: torch.nn.Module | str | os.PathLike, **from_pretrained_kwargs: Any):
+    """A `chronos` pipeline (`ChronosPipeline` or `ChronosBoltPipeline`) around a Chronos / Chronos-Bolt model, dense
+    or pruned, for the `chronos` package's own `predict` / `predict_quantiles`.
+
+    `chronos.BaseChronosPipeline.from_pretrained` builds a Chronos-Bolt model from the class its `config.json` names,
+    looked up inside the `chronos` package: it cannot know a pruned class and would build the dense one, which fails
+    on the pruned sizes. Pruned Chronos (T5) checkpoints do load there once `hf_tsprune` is imported (their class is
+    registered with `AutoModelForSeq2SeqLM`); this function loads both kinds, through [`load_forecaster`].
+
+    Args:
+        model_or_path (`torch.nn.Module`, `str` or `os.PathLike`): a loaded Chronos (`T5ForConditionalGeneration`
+            with a `chronos_config`) or Chronos-Bolt model, or a Hub id / folder of one.
+        from_pretrained_kwargs: Passed to `from_pretrained` when a path is given.
+
+    Returns:
+        The pipeline (its model in eval mode).
+    """
+    model = model_or_path
+    if not isinstance(model, torch.nn.Module):
+        model = load_forecaster(model_or_path, **from_pretrained_kwargs)
+    family = family_of(model)
+    if family == "chronos_bolt":
+        from chronos import ChronosBoltPipeline
+
+        return ChronosBoltPipeline(model=model.eval())
+    if family == "chronos":
+        from chronos import ChronosModel, ChronosPipeline
+
+        settings = _chronos_settings(model)
+        return ChronosPipeline(tokenizer=settings.create_tokenizer(), model=ChronosModel(settings, model.eval()))
+    raise ValueError(
+        f"load_chronos_pipeline takes a Chronos or Chronos-Bolt model; got a {type(model).__name__} ({family}). "
+        "Forecast other families with `hf_tsprune.evaluation.forecast`."
+    )
 
 
 def _rollout_limit(adapter: ForecastAdapter, model: torch.nn.Module, context_length: int) -> int:
@@ -354,5 +390,6 @@ __all__ = [
     "NaiveForecaster",
     "evaluate_forecaster",
     "forecast",
+    "load_chronos_pipeline",
     "load_forecaster",
 ]

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForTimeSeriesPrediction, PreTrainedModel
 
@@ -88,13 +89,16 @@ __all__ = [
 
 
 def register_auto_classes() -> None:
-    """Registers the pruned configurations with `AutoConfig` and the pruned models with `AutoModel` and
-    `AutoModelForTimeSeriesPrediction` (idempotent; `import hf_tsprune` calls it)."""
+    """Registers the pruned configurations with `AutoConfig` and the pruned models with `AutoModel`,
+    `AutoModelForTimeSeriesPrediction` and the configuration's `extra_auto_classes` (Chronos: `AutoModelForSeq2SeqLM`,
+    which `chronos.ChronosPipeline` loads through); idempotent, `import hf_tsprune` calls it."""
     for base_model_type, config_class in PRUNED_CONFIG_CLASSES.items():
         model_class = PRUNED_MODEL_CLASSES[base_model_type]
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModel.register(config_class, model_class, exist_ok=True)
         AutoModelForTimeSeriesPrediction.register(config_class, model_class, exist_ok=True)
+        for auto_class in config_class.extra_auto_classes:
+            getattr(transformers, auto_class).register(config_class, model_class, exist_ok=True)
 
 
 def _base_class(pruned_class: type) -> type:

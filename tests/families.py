@@ -57,6 +57,7 @@ CHRONOS_BOLT_SMALL = dict(
     dropout_rate=0.1, layer_norm_epsilon=1e-6, **T5_TOKENS,
     chronos_config={"context_length": 2048, "prediction_length": 64, "input_patch_size": 16, "input_patch_stride": 16,
                     "quantiles": QUANTILES, "use_reg_token": True},
+    chronos_pipeline_class="ChronosBoltPipeline",
 )  # fmt: skip
 
 TTM_R2_512_96 = dict(
@@ -96,7 +97,7 @@ TINY = {
                            chronos_config=chronos_config(32, 8, n_tokens=64, num_samples=4)),
     "chronos_gated": lambda: _t5(**TINY_T5, vocab_size=64, feed_forward_proj="gated-gelu",
                                  chronos_config=chronos_config(32, 8, n_tokens=64, num_samples=4)),
-    "chronos_bolt": lambda: _bolt(**TINY_T5, feed_forward_proj="relu",
+    "chronos_bolt": lambda: _bolt(**TINY_T5, feed_forward_proj="relu", chronos_pipeline_class="ChronosBoltPipeline",
                                   chronos_config={"context_length": 64, "prediction_length": 8, "input_patch_size": 8,
                                                   "input_patch_stride": 8, "quantiles": QUANTILES,
                                                   "use_reg_token": True}),

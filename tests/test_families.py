@@ -365,3 +365,32 @@ def test_save_pruned_and_from_pretrained(tmp_path, name):
     loaded = AutoModelForTimeSeriesPrediction.from_pretrained(tmp_path).eval()
     assert torch.equal(forecast(loaded, inputs), expected)
     assert loaded.config.hf_tsprune_layout == json.loads(json.dumps(model.config.hf_tsprune_layout))
+
+
+@pytest.mark.parametrize("name", ["chronos", "chronos_bolt"])
+def test_chronos_pipelines_run_pruned_checkpoints(tmp_path, name):
+    """The `chronos` package's pipelines forecast with a pruned checkpoint exactly as with the shrunk model."""
+    require(name, adapters=True)
+    from chronos import BaseChronosPipeline
+
+    from hf_tsprune import save_pruned
+    from hf_tsprune.evaluation import load_chronos_pipeline
+
+    model, plan = shrunk_with_every_change(name)
+    save_pruned(model, tmp_path, base_model=f"org/{name}-tiny", plan=plan)
+    context = torch.randn(2, CONTEXT[name], generator=torch.Generator().manual_seed(5))
+
+    def predict(pipeline):
+        torch.manual_seed(0)  # Chronos samples its paths
+        return pipeline.predict_quantiles(context, prediction_length=8)[1]
+
+    expected = predict(load_chronos_pipeline(model))
+    assert torch.equal(predict(load_chronos_pipeline(tmp_path)), expected)
+    if name == "chronos":  # registered with AutoModelForSeq2SeqLM, which ChronosPipeline loads through
+        assert torch.equal(predict(BaseChronosPipeline.from_pretrained(tmp_path)), expected)
+    else:  # chronos builds the dense class named in its own module: it must fail loudly, never load silently
+        assert json.loads((tmp_path / "config.json").read_text())["chronos_pipeline_class"] == "ChronosBoltPipeline"
+        with pytest.raises(Exception, match="mismatched_sizes"):
+            BaseChronosPipeline.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="Chronos or Chronos-Bolt"):
+        load_chronos_pipeline(build("ttm"))

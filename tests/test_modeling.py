@@ -109,7 +109,7 @@ def test_saved_checkpoint_records_every_size(saved, name):
                 assert all(a.name.split(".")[0] in ("math", "re", "torch") for a in node.names), filename
             elif isinstance(node, ast.ImportFrom):
                 allowed = node.level == 1 or node.module.split(".")[0] in (
-                    "collections", "torch", "transformers", "chronos", "tsfm_public"
+                    "collections", "dataclasses", "torch", "transformers", "chronos", "tsfm_public"
                 )  # fmt: skip
                 assert allowed, (filename, node.module)
 

@@ -18,6 +18,8 @@ Each class has its own `model_type` (`hf_tsprune_<base model_type>`), so transfo
 checkpoint for a dense one nor applies the base model's checkpoint weight renamings to it.
 """
 
+from dataclasses import dataclass
+
 from transformers import PatchTSMixerConfig, PatchTSTConfig, T5Config, TimesFm2_5Config, TimesFmConfig
 
 try:  # TTM's configuration lives in granite-tsfm (optional)
@@ -28,12 +30,33 @@ except ImportError:  # pragma: no cover
 MODEL_TYPE_PREFIX = "hf_tsprune_"
 
 
+@dataclass(repr=False, kw_only=True)
 class _PrunedConfigMixin:
-    """Fields and behaviour shared by the pruned configurations (listed first in each class' bases)."""
+    r"""Fields and behaviour shared by the pruned configurations (listed first in each class' bases).
+
+    A dataclass, so that transformers' configuration dataclasses inherit its fields (`to_dict`, `save_pretrained` and
+    `from_pretrained` handle them like the base configuration's own).
+
+    Args:
+        hf_tsprune_layout (`dict`, *optional*):
+            Per pruned block, its sizes (see the module docstring); blocks not listed keep the base sizes.
+        base_model (`str`, *optional*):
+            Hub id or path of the checkpoint the model was pruned from.
+        base_model_revision (`str`, *optional*):
+            Revision (commit) of `base_model`.
+        pruning (`dict`, *optional*):
+            Pruning settings and figures.
+    """
+
+    hf_tsprune_layout: dict | None = None
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    pruning: dict | None = None
 
     base_model_type = ""  # the base architecture's `model_type` (class attribute, not serialised)
     base_config_model_type = None  # the base config's `model_type` where it differs (Chronos, Chronos-Bolt: "t5")
     model_class_name = ""  # the pruned model class, for `auto_map`
+    extra_auto_classes = ()  # further transformers Auto classes that load the pruned model (Chronos: Seq2SeqLM)
 
     def __post_init__(self, **kwargs):
         # A config dict of the base model carries its `model_type` (e.g. "timesfm2_5"). Kept as an instance attribute
@@ -55,147 +78,91 @@ class _PrunedConfigMixin:
     def default_auto_map(cls) -> dict:
         """The `auto_map` of a saved pruned checkpoint: the remote-code classes for `trust_remote_code=True`."""
         model = f"modeling_hf_tsprune.{cls.model_class_name}"
-        return {
-            "AutoConfig": f"configuration_hf_tsprune.{cls.__name__}",
-            "AutoModel": model,
-            "AutoModelForTimeSeriesPrediction": model,
-        }
+        auto_map = {"AutoConfig": f"configuration_hf_tsprune.{cls.__name__}", "AutoModel": model}
+        for auto_class in ("AutoModelForTimeSeriesPrediction", *cls.extra_auto_classes):
+            auto_map[auto_class] = model
+        return auto_map
 
 
 class PrunedTimesFmConfig(_PrunedConfigMixin, TimesFmConfig):
-    r"""
-    [`TimesFmConfig`] of a pruned TimesFM (1.x / 2.0) model, with its per-layer sizes.
+    r"""[`TimesFmConfig`] of a pruned TimesFM (1.x / 2.0) model, with its per-layer sizes.
 
     Args:
-        hf_tsprune_layout (`dict`, *optional*):
-            Per pruned block, its sizes (see the module docstring); blocks not listed keep the base sizes.
-        base_model (`str`, *optional*):
-            Hub id or path of the checkpoint the model was pruned from.
-        base_model_revision (`str`, *optional*):
-            Revision (commit) of `base_model`.
-        pruning (`dict`, *optional*):
-            Pruning settings and figures.
-        kwargs:
-            The fields of [`TimesFmConfig`].
+        kwargs: The fields of [`TimesFmConfig`] and of the pruned configurations (`hf_tsprune_layout`, `base_model`,
+            `base_model_revision`, `pruning`).
     """
 
     model_type = MODEL_TYPE_PREFIX + "timesfm"
     base_model_type = "timesfm"
     model_class_name = "PrunedTimesFmModelForPrediction"
 
-    hf_tsprune_layout: dict | None = None
-    base_model: str | None = None
-    base_model_revision: str | None = None
-    pruning: dict | None = None
-
 
 class PrunedTimesFm2_5Config(_PrunedConfigMixin, TimesFm2_5Config):
-    r"""
-    [`TimesFm2_5Config`] of a pruned TimesFM 2.5 model, with its per-layer sizes.
+    r"""[`TimesFm2_5Config`] of a pruned TimesFM 2.5 model, with its per-layer sizes.
 
     Args:
-        hf_tsprune_layout (`dict`, *optional*):
-            Per pruned block, its sizes (see the module docstring); blocks not listed keep the base sizes.
-        base_model (`str`, *optional*):
-            Hub id or path of the checkpoint the model was pruned from.
-        base_model_revision (`str`, *optional*):
-            Revision (commit) of `base_model`.
-        pruning (`dict`, *optional*):
-            Pruning settings and figures.
-        kwargs:
-            The fields of [`TimesFm2_5Config`].
+        kwargs: The fields of [`TimesFm2_5Config`] and of the pruned configurations (`hf_tsprune_layout`, `base_model`,
+            `base_model_revision`, `pruning`).
     """
 
     model_type = MODEL_TYPE_PREFIX + "timesfm2_5"
     base_model_type = "timesfm2_5"
     model_class_name = "PrunedTimesFm2_5ModelForPrediction"
 
-    hf_tsprune_layout: dict | None = None
-    base_model: str | None = None
-    base_model_revision: str | None = None
-    pruning: dict | None = None
-
 
 class PrunedPatchTSTConfig(_PrunedConfigMixin, PatchTSTConfig):
-    r"""
-    [`PatchTSTConfig`] of a pruned PatchTST model, with its per-layer sizes.
+    r"""[`PatchTSTConfig`] of a pruned PatchTST model, with its per-layer sizes.
 
     Args:
-        hf_tsprune_layout (`dict`, *optional*):
-            Per pruned block, its sizes (see the module docstring); blocks not listed keep the base sizes.
-        base_model (`str`, *optional*):
-            Hub id or path of the checkpoint the model was pruned from.
-        base_model_revision (`str`, *optional*):
-            Revision (commit) of `base_model`.
-        pruning (`dict`, *optional*):
-            Pruning settings and figures.
-        kwargs:
-            The fields of [`PatchTSTConfig`].
+        kwargs: The fields of [`PatchTSTConfig`] and of the pruned configurations (`hf_tsprune_layout`, `base_model`,
+            `base_model_revision`, `pruning`).
     """
 
     model_type = MODEL_TYPE_PREFIX + "patchtst"
     base_model_type = "patchtst"
     model_class_name = "PrunedPatchTSTForPrediction"
 
-    hf_tsprune_layout: dict | None = None
-    base_model: str | None = None
-    base_model_revision: str | None = None
-    pruning: dict | None = None
-
 
 class PrunedPatchTSMixerConfig(_PrunedConfigMixin, PatchTSMixerConfig):
-    r"""
-    [`PatchTSMixerConfig`] of a pruned PatchTSMixer model, with its per-layer sizes.
+    r"""[`PatchTSMixerConfig`] of a pruned PatchTSMixer model, with its per-layer sizes.
 
     Args:
-        hf_tsprune_layout (`dict`, *optional*):
-            Per pruned block, its sizes (see the module docstring); blocks not listed keep the base sizes.
-        base_model (`str`, *optional*):
-            Hub id or path of the checkpoint the model was pruned from.
-        base_model_revision (`str`, *optional*):
-            Revision (commit) of `base_model`.
-        pruning (`dict`, *optional*):
-            Pruning settings and figures.
-        kwargs:
-            The fields of [`PatchTSMixerConfig`].
+        kwargs: The fields of [`PatchTSMixerConfig`] and of the pruned configurations (`hf_tsprune_layout`, `base_model`,
+            `base_model_revision`, `pruning`).
     """
 
     model_type = MODEL_TYPE_PREFIX + "patchtsmixer"
     base_model_type = "patchtsmixer"
     model_class_name = "PrunedPatchTSMixerForPrediction"
 
-    hf_tsprune_layout: dict | None = None
-    base_model: str | None = None
-    base_model_revision: str | None = None
-    pruning: dict | None = None
-
 
 class PrunedChronosConfig(_PrunedConfigMixin, T5Config):
-    r"""[`T5Config`] of a pruned Chronos model (with its `chronos_config`), with its per-layer sizes."""
+    r"""[`T5Config`] of a pruned Chronos model (with its `chronos_config`), with its per-layer sizes.
+
+    Args:
+        kwargs: The fields of [`T5Config`] and of the pruned configurations (`hf_tsprune_layout`, `base_model`,
+            `base_model_revision`, `pruning`).
+    """
 
     model_type = MODEL_TYPE_PREFIX + "chronos"
-    base_model_type = "chronos"  # the hf_tsprune family: Chronos checkpoints have model_type "t5"
-    base_config_model_type = "t5"
+    base_model_type = "chronos"
     model_class_name = "PrunedChronosForConditionalGeneration"
-
-    hf_tsprune_layout: dict | None = None
-    base_model: str | None = None
-    base_model_revision: str | None = None
-    pruning: dict | None = None
+    base_config_model_type = "t5"  # Chronos checkpoints have model_type "t5"
+    extra_auto_classes = ("AutoModelForSeq2SeqLM",)  # what `chronos.ChronosPipeline.from_pretrained` uses
 
 
 class PrunedChronosBoltConfig(_PrunedConfigMixin, T5Config):
-    r"""[`T5Config`] of a pruned Chronos-Bolt model (with its `chronos_config`), with its per-layer sizes."""
+    r"""[`T5Config`] of a pruned Chronos-Bolt model (with its `chronos_config`), with its per-layer sizes.
+
+    Args:
+        kwargs: The fields of [`T5Config`] and of the pruned configurations (`hf_tsprune_layout`, `base_model`,
+            `base_model_revision`, `pruning`).
+    """
 
     model_type = MODEL_TYPE_PREFIX + "chronos_bolt"
     base_model_type = "chronos_bolt"
-    base_config_model_type = "t5"
     model_class_name = "PrunedChronosBoltModelForForecasting"
-
-    hf_tsprune_layout: dict | None = None
-    base_model: str | None = None
-    base_model_revision: str | None = None
-    pruning: dict | None = None
+    base_config_model_type = "t5"
 
 
 _CONFIGS = [PrunedTimesFmConfig, PrunedTimesFm2_5Config, PrunedPatchTSTConfig, PrunedPatchTSMixerConfig]
