@@ -732,6 +732,10 @@ def bundle(run_dir: str, output_dir: str, data_dir: str | None, datasets: list[s
         "use_continuous_quantile_head": False,
     }
     log["synthetic_validation"] = chosen
+    log["bundle_command"] = (
+        f"python recipes/pretrain_reference.py --bundle_from {run_dir} --output_dir {output_dir}"
+        + (f" --data_dir {data_dir}" if data_dir else "")
+    )
     del model._decode_and_project  # back to the class method before saving
     model.save_pretrained(target)
     for extra in ("generation_config.json",):
