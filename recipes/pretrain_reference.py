@@ -12,14 +12,16 @@ Every input patch is trained to forecast the horizon that follows it, in its own
 continuous quantile head gets a pinball loss on the last patch (it is switched off at inference:
 `use_continuous_quantile_head=False`, the deciles come from the point head).
 
-Launch (2 CPU cores, 68 minutes: the cosine schedule follows `max(step / max_steps, time / max_train_minutes)`, so a
-slow or shared machine still finishes annealed; `--max_train_minutes 0` gives a purely step-based, bit-reproducible
-run). The bundled checkpoint was made with these defaults, i.e. exactly this command:
+Launch (2 CPU cores, 100 minutes of training, otherwise idle: the cosine schedule follows
+`max(step / max_steps, time / max_train_minutes)`, so a slow or shared machine still finishes annealed, on fewer
+series; `--max_train_minutes 0` gives a purely step-based, bit-reproducible run). The bundled checkpoint was made with
+these defaults, i.e. exactly this command:
 
 ```bash
-python recipes/pretrain_reference.py --output_dir runs/reference_model --num_hidden_layers 4 --intermediate_size 768 \
-    --per_device_train_batch_size 64 --learning_rate 1e-3 --warmup_steps 200 --max_steps 20000 \
-    --max_train_minutes 68 --eval_steps 1000 --save_steps 1000 --logging_steps 100 --seed 42 --synthetic_seed 1234
+python recipes/pretrain_reference.py --output_dir runs/reference_model_v2 --num_hidden_layers 4 \
+    --intermediate_size 768 --per_device_train_batch_size 64 --learning_rate 1e-3 --warmup_steps 200 \
+    --max_steps 40000 --max_train_minutes 100 --eval_steps 1000 --save_steps 1000 --logging_steps 100 --seed 42 \
+    --synthetic_seed 1234
 ```
 
 Smoke test (seconds):
@@ -33,7 +35,7 @@ python recipes/pretrain_reference.py --output_dir /tmp/ref_smoke --max_steps 2 -
 Then bundle it and write its card (zero-shot scores on the LTSF benchmarks, evaluated once, at the end):
 
 ```bash
-python recipes/pretrain_reference.py --bundle_from runs/reference_model --output_dir hf_tsprune/reference_model \
+python recipes/pretrain_reference.py --bundle_from runs/reference_model_v2 --output_dir hf_tsprune/reference_model \
     --data_dir ../shared/data
 ```
 """
@@ -101,7 +103,7 @@ class PretrainArguments:
     p_high_noise: float = field(default=0.4, metadata={"help": "Share of structural series with high noise."})
     quantile_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the pinball loss."})
     max_train_minutes: float = field(
-        default=68.0,
+        default=100.0,
         metadata={
             "help": "Wall-clock budget (0: none). The cosine schedule then follows max(step/max_steps, time/budget) "
             "and training stops when either is reached, so a slow or shared machine still finishes annealed."
@@ -130,7 +132,7 @@ DEFAULT_TRAINING_FLAGS = [
     "--warmup_steps", "200",
     "--lr_scheduler_type", "cosine",
     "--max_grad_norm", "1.0",
-    "--max_steps", "20000",
+    "--max_steps", "40000",
     "--logging_steps", "100",
     "--eval_strategy", "steps",
     "--eval_steps", "1000",
