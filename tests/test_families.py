@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from families import DEFAULT, TINY, build, require
-from test_surgery import masked_vs_shrunk, random_masks
+from test_surgery import check_exact_random_shrink, masked_vs_shrunk, params, random_masks
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
@@ -36,10 +36,6 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 def forecast(model, inputs):
     with torch.no_grad():
         return get_spec(model).forecast(model, inputs)
@@ -63,14 +59,7 @@ def round_trip(model, name: str, default: bool = False):
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_exact_shrink_tiny(name, fraction):
     model = build(name)
-    install_masks(model)
-    plan, rel, shrunk = masked_vs_shrunk(model, random_masks(model, fraction, seed=int(fraction * 10)))
-    assert rel < 1e-5 and plan.max_rel_error < 1e-5
-    assert torch.isfinite(shrunk).all()
-    assert params(model) == plan.params_after < plan.params_before
-    assert plan.flops_after < plan.flops_before
-    assert not any(n.endswith("hf_tsprune_mask") for n, _ in model.named_parameters())
-    json.loads(plan.to_json())
+    check_exact_random_shrink(model, fraction)
     if fraction == 0.5:
         round_trip(model, name)
 

@@ -36,19 +36,25 @@ def params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_exact_shrink_tiny(name, fraction):
-    model = build(name)
+def check_exact_random_shrink(model, fraction: float, **shrink_kwargs):
+    """Masks `fraction` of `model`'s channels at random, shrinks it and checks the shrink: same outputs, fewer
+    parameters and FLOPs, no mask left, a JSON-able plan. Returns the plan."""
     install_masks(model)
     masks = random_masks(model, fraction, seed=int(fraction * 10))
-    plan, rel, shrunk = masked_vs_shrunk(model, masks, allow_empty_blocks=True)
+    plan, rel, shrunk = masked_vs_shrunk(model, masks, **shrink_kwargs)
     assert rel < 1e-5 and plan.max_rel_error < 1e-5
     assert torch.isfinite(shrunk).all()
     assert params(model) == plan.params_after < plan.params_before
     assert plan.flops_after < plan.flops_before
     assert not any(n.endswith("hf_tsprune_mask") for n, _ in model.named_parameters())
     json.loads(plan.to_json())
+    return plan
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_exact_shrink_tiny(name, fraction):
+    plan = check_exact_random_shrink(build(name), fraction, allow_empty_blocks=True)
     assert "| block |" in str(plan)
 
 
