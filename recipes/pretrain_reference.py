@@ -65,7 +65,7 @@ from transformers import (
 
 from hf_tsprune.synthetic import SyntheticConfig, SyntheticSeriesDataset, make_validation_set
 
-# Generator knobs recorded in `training_log.json` (pretrain_args) that rebuild the same held-out synthetic set.
+# `PretrainArguments` fields that are `SyntheticConfig` knobs (recorded in `training_log.json` as pretrain_args).
 SYNTHETIC_KNOBS = ("p_kernel_synth", "p_mixup", "p_special", "p_cycle_variability", "p_high_noise")
 REFERENCE_MODEL_DIR = Path(__file__).resolve().parents[1] / "hf_tsprune" / "reference_model"
 
@@ -404,6 +404,23 @@ def synthetic_validation(
     return {f"val_{k}_{m}": v[i] / count for k, v in scores.items() for i, m in enumerate(("mse", "mae"))}
 
 
+def synthetic_config(context_length: int, horizon_length: int, pretrain_args: dict) -> SyntheticConfig:
+    """The generator settings of a run: series of context + horizon steps, knobs from its `PretrainArguments`.
+
+    Args:
+        context_length: Model context.
+        horizon_length: Model horizon.
+        pretrain_args: `asdict(PretrainArguments)`, or the `pretrain_args` of a run's `training_log.json`.
+    """
+    knobs = {k: v for k, v in pretrain_args.items() if k in SYNTHETIC_KNOBS}
+    return SyntheticConfig(length=context_length + horizon_length, context_length=context_length, **knobs)
+
+
+def point_channel(scores: dict[str, float]) -> int:
+    """`decode_index` of the channel that forecasts the held-out synthetic set better: 0 (mean) or 5 (median)."""
+    return 0 if scores["val_mean_mse"] <= scores["val_median_mse"] else 5
+
+
 def parse_args(argv: list[str] | None = None):
     """Parse flags on top of the recipe's defaults (`DEFAULT_TRAINING_FLAGS`; command-line flags win)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -425,15 +442,7 @@ def train(
     n_params = sum(p.numel() for p in model.parameters())
     print(f"TimesFm2_5ModelForPrediction: {n_params / 1e6:.2f} M parameters")
 
-    synth = SyntheticConfig(
-        length=model_args.context_length + model_args.horizon_length,
-        context_length=model_args.context_length,
-        p_kernel_synth=args.p_kernel_synth,
-        p_mixup=args.p_mixup,
-        p_special=args.p_special,
-        p_cycle_variability=args.p_cycle_variability,
-        p_high_noise=args.p_high_noise,
-    )
+    synth = synthetic_config(model_args.context_length, model_args.horizon_length, asdict(args))
     train_set = SyntheticSeriesDataset(seed=args.synthetic_seed, config=synth, chunk_size=args.chunk_size)
     validation = make_validation_set(args.validation_size, seed=args.validation_seed, config=synth)
     trainer = EveryPatchTrainer(
@@ -465,7 +474,7 @@ def train(
         trainer.model = model
     scores = synthetic_validation(model, validation)
     # The point head: whichever channel forecasts the held-out synthetic set better (never benchmark data).
-    model.config.decode_index = 0 if scores["val_mean_mse"] <= scores["val_median_mse"] else 5
+    model.config.decode_index = point_channel(scores)
     trainer.save_model(training_args.output_dir)
     samples = (
         result.global_step * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
@@ -710,11 +719,7 @@ def bundle(run_dir: str, output_dir: str, data_dir: str | None, datasets: list[s
     validation = make_validation_set(
         log["pretrain_args"]["validation_size"],
         seed=log["pretrain_args"]["validation_seed"],
-        config=SyntheticConfig(
-            length=model.config.context_length + model.config.horizon_length,
-            context_length=model.config.context_length,
-            **{k: v for k, v in log["pretrain_args"].items() if k in SYNTHETIC_KNOBS},
-        ),
+        config=synthetic_config(model.config.context_length, model.config.horizon_length, log["pretrain_args"]),
     )
     choices = {}
     for flip in (True, False):
@@ -726,7 +731,7 @@ def bundle(run_dir: str, output_dir: str, data_dir: str | None, datasets: list[s
     flip = best(on) < 0.99 * best(off)
     chosen = on if flip else off
     model.config.force_flip_invariance = flip
-    model.config.decode_index = 0 if chosen["val_mean_mse"] <= chosen["val_median_mse"] else 5
+    model.config.decode_index = point_channel(chosen)
     log["inference_choice"] = {
         "synthetic_validation": choices,
         "force_flip_invariance": flip,
