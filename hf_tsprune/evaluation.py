@@ -1,6 +1,7 @@
 """Evaluate forecasting models and naive baselines on window datasets, with per-horizon metrics.
 
-- [`NaiveForecaster`]: the `repeat_last` and `seasonal_naive` baselines, vectorised over numpy arrays.
+- [`NaiveForecaster`]: the `repeat_last`, `seasonal_naive` and `seasonal_average` baselines, vectorised over numpy
+  arrays.
 - [`load_forecaster`]: a Hub id or local folder of a supported model (TimesFM, TimesFM 2.5, PatchTST, PatchTSMixer),
   or a baseline name.
 - [`forecast`]: forecast any horizon from any context length with a model, rolling out autoregressively when the
@@ -30,7 +31,7 @@ from .metrics import ForecastMetrics
 
 logger = logging.get_logger(__name__)
 
-NAIVE_BASELINES = ("repeat_last", "seasonal_naive")
+NAIVE_BASELINES = ("repeat_last", "seasonal_naive", "seasonal_average")
 """Names of the naive baselines accepted by [`load_forecaster`] and [`NaiveForecaster`]."""
 
 
@@ -39,22 +40,28 @@ class NaiveForecaster:
     """A naive forecasting baseline, vectorised on numpy arrays.
 
     - `repeat_last`: every step repeats the last value of the context;
-    - `seasonal_naive`: step `h` repeats the value one season before (`y[t + h - season_length * k]`).
+    - `seasonal_naive`: step `h` repeats the value one season before (`y[t + h - season_length * k]`);
+    - `seasonal_average`: step `h` is the mean of the same step of the last `num_seasons` seasons (with hourly data
+      and the defaults, the 7-day average of the same hour).
 
     Args:
-        method (`str`): `"repeat_last"` or `"seasonal_naive"`.
-        season_length (`int`, *optional*): Season of `seasonal_naive`; taken from the data frequency
+        method (`str`): `"repeat_last"`, `"seasonal_naive"` or `"seasonal_average"`.
+        season_length (`int`, *optional*): Season of the seasonal methods; taken from the data frequency
             ([`hf_tsprune.data.seasonal_period`]) when `None`.
+        num_seasons (`int`, *optional*, defaults to 7): Seasons averaged by `seasonal_average`.
     """
 
     method: str = "repeat_last"
     season_length: int | None = None
+    num_seasons: int = 7
 
     def __post_init__(self):
         if self.method not in NAIVE_BASELINES:
             raise ValueError(f"Unknown baseline {self.method!r}; choose one of {list(NAIVE_BASELINES)}.")
         if self.season_length is not None and int(self.season_length) < 1:
             raise ValueError(f"`season_length` must be a positive integer, got {self.season_length}.")
+        if int(self.num_seasons) < 1:
+            raise ValueError(f"`num_seasons` must be a positive integer, got {self.num_seasons}.")
 
     @property
     def name(self) -> str:
@@ -66,7 +73,7 @@ class NaiveForecaster:
         Args:
             past_values (`np.ndarray` or `torch.Tensor`): The contexts.
             prediction_length (`int`): Steps to forecast.
-            season_length (`int`, *optional*): Overrides the forecaster's season (seasonal naive only).
+            season_length (`int`, *optional*): Overrides the forecaster's season (seasonal methods only).
         """
         if hasattr(past_values, "detach"):
             past_values = past_values.detach().cpu().numpy()
@@ -77,15 +84,17 @@ class NaiveForecaster:
             return np.repeat(last, prediction_length, axis=1)
         season = season_length or self.season_length
         if season is None:
-            raise ValueError("`seasonal_naive` needs a season: pass `season_length` or data with a known frequency.")
+            raise ValueError(f"`{self.method}` needs a season: pass `season_length` or data with a known frequency.")
         season = int(season)
-        if context < season:
+        seasons = int(self.num_seasons) if self.method == "seasonal_average" else 1
+        if context < season * seasons:
             raise ValueError(
-                f"`seasonal_naive` with season {season} needs a context of at least {season} steps, got {context}: "
-                "raise `context_length` or lower `season_length`."
+                f"`{self.method}` with season {season} needs a context of at least {season * seasons} steps, got "
+                f"{context}: raise `context_length` or lower `season_length`."
             )
-        steps = context - season + (np.arange(prediction_length) % season)
-        return past_values[:, steps]
+        # step h reads the same step of each of the last `seasons` seasons: y[context + h % season - season * k]
+        lags = context + np.arange(prediction_length)[None, :] % season - season * np.arange(1, seasons + 1)[:, None]
+        return past_values[:, lags].mean(axis=1) if seasons > 1 else past_values[:, lags[0]]
 
 
 def load_forecaster(

@@ -544,34 +544,6 @@ def fast_inference(model: TimesFm2_5ModelForPrediction) -> TimesFm2_5ModelForPre
     return model
 
 
-def seasonal_average_mse(dataset, period: int = 24, days: int = 7) -> dict[str, float]:
-    """MSE/MAE of the "same step of the last `days` periods" average (e.g. 7-day average of the same hour).
-
-    Args:
-        dataset: A split of `hf_tsprune.data.load_forecasting_dataset` (channel-independent).
-        period: Steps per period (24 for hourly data).
-        days: Periods averaged.
-    """
-    from hf_tsprune.data import get_window_source, window_index_arrays
-
-    source = get_window_source(dataset)
-    index = window_index_arrays(dataset)
-    context, horizon = source.context_length, source.prediction_length
-    steps = np.arange(horizon) % period
-    lags = context + steps[None, :] - period * np.arange(1, days + 1)[:, None]  # (days, horizon)
-    sq = ab = 0.0
-    count = 0
-    for begin in range(0, len(dataset), 8192):
-        sl = slice(begin, begin + 8192)
-        values, _ = source.window_arrays(index["series_index"][sl], index["start"][sl], index["channel"][sl])
-        forecast = values[:, lags].mean(axis=1)
-        err = forecast - values[:, context:]
-        sq += float((err.astype(np.float64) ** 2).sum())
-        ab += float(np.abs(err).sum())
-        count += err.size
-    return {"mse": sq / count, "mae": ab / count}
-
-
 def zero_shot_row(
     model_dir: str | os.PathLike,
     data_dir: str | None,
@@ -594,7 +566,7 @@ def zero_shot_row(
         num_threads: torch threads of this evaluation.
     """
     from hf_tsprune.data import load_forecasting_dataset
-    from hf_tsprune.evaluation import evaluate_forecaster, load_forecaster
+    from hf_tsprune.evaluation import NaiveForecaster, evaluate_forecaster, load_forecaster
 
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -605,9 +577,13 @@ def zero_shot_row(
     test = data["test"]
     row = {"dataset": name, "horizon": horizon, "context_length": context}
     start = time.time()
-    for label, forecaster in (("model", model), ("repeat_last", None), ("seasonal_naive", None)):
+    forecasters = {"model": model, "repeat_last": NaiveForecaster("repeat_last")}
+    forecasters["seasonal_naive"] = NaiveForecaster("seasonal_naive")  # season from the data frequency
+    if name.startswith("ETTh"):  # the mean of the same hour over the last 7 days
+        forecasters["seasonal_average_7d"] = NaiveForecaster("seasonal_average", season_length=24, num_seasons=7)
+    for label, forecaster in forecasters.items():
         result = evaluate_forecaster(
-            forecaster if forecaster is not None else load_forecaster(label),
+            forecaster,
             test,
             metrics=("mse", "mae"),
             per_horizon=False,
@@ -616,8 +592,6 @@ def zero_shot_row(
         )
         row[label] = {"mse": result["mse"], "mae": result["mae"]}
         row["windows"] = result.get("n_windows")
-    if name.startswith("ETTh"):
-        row["seasonal_average_7d"] = seasonal_average_mse(test, period=24, days=7)
     row["seconds"] = time.time() - start
     print(json.dumps(row), flush=True)
     return row

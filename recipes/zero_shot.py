@@ -53,8 +53,8 @@ class ZeroShotArguments:
     model_name_or_path: str = field(
         default=REFERENCE_MODEL_DIR,
         metadata={
-            "help": "Hub id or local folder of a supported model, or a baseline: repeat_last, seasonal_naive "
-            "(default: the bundled reference model)."
+            "help": "Hub id or local folder of a supported model, or a baseline: repeat_last, seasonal_naive, "
+            "seasonal_average (default: the bundled reference model)."
         },
     )
     dataset: str = field(

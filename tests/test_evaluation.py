@@ -111,6 +111,20 @@ def test_naive_forecasters_on_arrays():
         NaiveForecaster("drift")
 
 
+def test_seasonal_average_is_the_mean_of_the_same_step_of_the_last_seasons():
+    past = np.random.default_rng(0).normal(size=(3, 30))
+    forecast = NaiveForecaster("seasonal_average", season_length=4, num_seasons=3).predict(past, 6)
+    expected = [[past[i, [30 + h % 4 - 4 * k for k in (1, 2, 3)]].mean() for h in range(6)] for i in range(3)]
+    np.testing.assert_allclose(forecast, expected)
+    one_season = NaiveForecaster("seasonal_average", season_length=4, num_seasons=1).predict(past, 6)
+    np.testing.assert_array_equal(one_season, NaiveForecaster("seasonal_naive", 4).predict(past, 6))
+    assert NaiveForecaster("seasonal_average", 4, 3).predict(np.stack([past, -past], -1), 6).shape == (3, 6, 2)
+    with pytest.raises(ValueError, match="context of at least 36"):
+        NaiveForecaster("seasonal_average", season_length=4, num_seasons=9).predict(past, 3)
+    with pytest.raises(ValueError, match="num_seasons"):
+        NaiveForecaster("seasonal_average", 4, num_seasons=0)
+
+
 def test_evaluate_naive_baselines(windows):
     test = windows["test"]
     result = evaluate_forecaster("repeat_last", test, metrics=("mse", "mae", "mase", "smape"), show_progress=False)
