@@ -2,8 +2,8 @@
 
 - [`NaiveForecaster`]: the `repeat_last`, `seasonal_naive` and `seasonal_average` baselines, vectorised over numpy
   arrays.
-- [`load_forecaster`]: a Hub id or local folder of a supported model (TimesFM, TimesFM 2.5, PatchTST, PatchTSMixer),
-  or a baseline name.
+- [`load_forecaster`]: a Hub id or local folder of a supported model (TimesFM, TimesFM 2.5, PatchTST, PatchTSMixer,
+  Chronos, Chronos-Bolt, TTM; dense or pruned by hf_tsprune), or a baseline name.
 - [`forecast`]: forecast any horizon from any context length with a model, rolling out autoregressively when the
   model's native horizon is shorter than asked.
 - [`evaluate_forecaster`]: batches over a split made by [`hf_tsprune.data.load_forecasting_dataset`] with a progress
@@ -103,8 +103,8 @@ def load_forecaster(
     """Load a baseline by name or a supported model from the Hub or a local folder.
 
     Args:
-        model_name_or_path (`str` or `os.PathLike`): `"repeat_last"`, `"seasonal_naive"`, a Hub model id or a folder
-            with a `config.json` of a supported model type (`timesfm`, `timesfm2_5`, `patchtst`, `patchtsmixer`).
+        model_name_or_path (`str` or `os.PathLike`): a name of `NAIVE_BASELINES`, or a Hub model id or folder of a
+            supported model (see `ADAPTERS`), dense or a pruned hf_tsprune checkpoint.
         season_length (`int`, *optional*): Season of the `seasonal_naive` baseline.
         from_pretrained_kwargs: Passed to `from_pretrained` (e.g. `torch_dtype`, `revision`).
 
