@@ -80,16 +80,21 @@ def base_model(model: nn.Module) -> nn.Module:
     return base() if base is not None else model
 
 
-def training_inputs(model: nn.Module, features: list[dict], freq_index: int = 0) -> dict:
-    """Window features -> the forward arguments with which `model` computes its family's own training loss."""
-    model = base_model(model)
+def _inputs_builder(model: nn.Module) -> Callable[[nn.Module, list[dict], int], dict]:
+    """The `TRAINING_INPUTS` entry of an unwrapped model's family (a clear error for unsupported families)."""
     family = family_of(model)
     if family not in TRAINING_INPUTS:
         raise ValueError(
             f"No training inputs for {type(model).__name__} (family {family!r}); supported: {sorted(TRAINING_INPUTS)}. "
             "Register one in `hf_tsprune.training.TRAINING_INPUTS`."
         )
-    return TRAINING_INPUTS[family](model, features, freq_index)
+    return TRAINING_INPUTS[family]
+
+
+def training_inputs(model: nn.Module, features: list[dict], freq_index: int = 0) -> dict:
+    """Window features -> the forward arguments with which `model` computes its family's own training loss."""
+    model = base_model(model)
+    return _inputs_builder(model)(model, features, freq_index)
 
 
 def training_label_names(model: nn.Module) -> list[str]:
@@ -130,11 +135,10 @@ class ForecastCollator:
 
     def __post_init__(self):
         self._model = base_model(self.model)
-        if family_of(self._model) not in TRAINING_INPUTS:
-            training_inputs(self._model, [])  # raises the error naming the supported families
+        self._build = _inputs_builder(self._model)  # resolved once, not per batch
 
     def __call__(self, features: list[dict]) -> dict:
-        return training_inputs(self._model, features, self.freq_index)
+        return self._build(self._model, features, self.freq_index)
 
 
 @contextlib.contextmanager
