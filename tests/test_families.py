@@ -383,3 +383,10 @@ def test_chronos_pipelines_run_pruned_checkpoints(tmp_path, name):
             BaseChronosPipeline.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="Chronos or Chronos-Bolt"):
         load_chronos_pipeline(build("ttm"))
+
+
+def test_training_inputs_name_the_supported_families_for_an_unknown_model():
+    with pytest.raises(ValueError, match="No training inputs for Linear .*supported: .*chronos_bolt"):
+        ForecastCollator(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="No training inputs for Linear"):
+        training_inputs(torch.nn.Linear(2, 2), [])
