@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from hf_tsprune import PruningConfig, TaylorScorer, get_spec, install_masks, shrink
-from hf_tsprune.adapters import FAMILY_TRAINING_INPUTS, family_of, get_adapter
+from hf_tsprune.adapters import family_of, get_adapter
 from hf_tsprune.masks import describe_groups
 from hf_tsprune.training import training_inputs
 
@@ -106,7 +106,7 @@ def half_masks(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]
 
 def loss_inputs(model: torch.nn.Module, batch_size: int) -> dict:
     """Forward arguments for one training step with the family's own loss."""
-    if family_of(model) in FAMILY_TRAINING_INPUTS:
+    if family_of(model) in ("chronos", "chronos_bolt", "ttm"):  # tokenised / masked targets: the collator's inputs
         adapter = get_adapter(model)
         context, horizon = adapter.max_context(model), adapter.native_horizon(model)
         channels = 1 if adapter.univariate else int(model.config.num_input_channels)

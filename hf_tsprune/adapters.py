@@ -21,11 +21,8 @@ that the observed mask marks missing.
 
 Chronos and Chronos-Bolt checkpoints both have `config.model_type == "t5"`; [`family_of`] tells them apart (by class
 and `config.chronos_config`), and `ADAPTERS` is keyed by family (Chronos needs the `chronos` package for its tokenizer,
-Chronos-Bolt for its model class, TTM `granite-tsfm`). The training side, [`training_inputs`], turns window
-features (`past_values`, `future_values`, observed masks) into the forward arguments with which each of these families
-computes its own loss (Chronos: token cross-entropy on `labels`; Chronos-Bolt: quantile loss on `target`; TTM: MSE on
-`future_values`), for use as (or inside) a `Trainer` data collator; [`training_label_names`] gives the matching
-`TrainingArguments.label_names`.
+Chronos-Bolt for its model class, TTM `granite-tsfm`). The training side (the forward arguments with which each
+family computes its own loss) is [`hf_tsprune.training`].
 """
 
 from __future__ import annotations
@@ -427,90 +424,6 @@ class TTMAdapter(ForecastAdapter):
             quantiles=quantiles.permute(0, 2, 3, 1),  # (B, Q, H, C) -> (B, H, C, Q)
             quantile_levels=self.quantile_levels(model),
         )
-
-
-# -- training ---------------------------------------------------------------------------------------------------------
-
-
-def _stack(features: list[dict], key: str) -> torch.Tensor:
-    return torch.stack([torch.as_tensor(f[key], dtype=torch.float32) for f in features])
-
-
-def _window(features: list[dict], key: str, univariate: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stacked values and observed mask (ones when the features have none): `(B, T)` univariate, else `(B, T, C)`."""
-    values = _stack(features, key)
-    mask_key = key.replace("_values", "_observed_mask")
-    observed = _stack(features, mask_key) if mask_key in features[0] else torch.ones_like(values)
-    observed = observed * ~torch.isnan(values)
-    values = torch.nan_to_num(values)
-    if univariate:
-        if values.ndim == 3:
-            if values.shape[-1] != 1:
-                raise ValueError(
-                    "Chronos and Chronos-Bolt are univariate: load the data with `channel_independent=True` "
-                    f"(got windows with {values.shape[-1]} channels)."
-                )
-            values, observed = values[..., 0], observed[..., 0]
-    elif values.ndim == 2:
-        values, observed = values[..., None], observed[..., None]
-    return values, observed
-
-
-def _chronos_training_inputs(model: torch.nn.Module, features: list[dict], freq_index: int = 0) -> dict:
-    """Chronos: context and target tokenised with the checkpoint's tokenizer (target with the context's scale, EOS
-    appended); padding and missing target tokens are `-100` in `labels`, so the T5 cross-entropy skips them."""
-    settings = _chronos_settings(model)
-    tokenizer = settings.create_tokenizer()
-    past, past_observed = _window(features, "past_values", univariate=True)
-    future, future_observed = _window(features, "future_values", univariate=True)
-    input_ids, attention_mask, scale = tokenizer.context_input_transform(_with_nans(past, past_observed))
-    labels, labels_mask, _ = tokenizer._input_transform(_with_nans(future, future_observed), scale=scale)
-    if settings.use_eos_token:
-        labels, labels_mask = tokenizer._append_eos_token(labels, labels_mask)
-    labels = labels.masked_fill(~labels_mask, -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask.long(), "labels": labels}
-
-
-def _chronos_bolt_training_inputs(model: torch.nn.Module, features: list[dict], freq_index: int = 0) -> dict:
-    """Chronos-Bolt: `context`/`mask` and `target`/`target_mask` (targets shorter than the horizon are padded by the
-    model and left out of its quantile loss)."""
-    past, past_observed = _window(features, "past_values", univariate=True)
-    future, future_observed = _window(features, "future_values", univariate=True)
-    return {"context": past, "mask": past_observed, "target": future, "target_mask": future_observed > 0}
-
-
-def _ttm_training_inputs(model: torch.nn.Module, features: list[dict], freq_index: int = 0) -> dict:
-    """TTM: `past_values`/`future_values` `(B, T, C)` with their observed masks; a target shorter than the model's
-    horizon is zero-padded and masked out of the MSE."""
-    past, past_observed = _window(features, "past_values", univariate=False)
-    future, future_observed = _window(features, "future_values", univariate=False)
-    horizon = int(model.config.prediction_filter_length or model.config.prediction_length)
-    if future.shape[1] > horizon:
-        raise ValueError(
-            f"The target windows have {future.shape[1]} steps but {type(model).__name__} forecasts {horizon}: use a "
-            f"prediction_length <= {horizon}."
-        )
-    if future.shape[1] < horizon:
-        pad = future.new_zeros(future.shape[0], horizon - future.shape[1], future.shape[2])
-        future, future_observed = torch.cat([future, pad], dim=1), torch.cat([future_observed, pad], dim=1)
-    return {
-        "past_values": past,
-        "past_observed_mask": past_observed,
-        "future_values": future,
-        "future_observed_mask": future_observed,
-    }
-
-
-FAMILY_TRAINING_INPUTS: dict = {
-    "chronos": _chronos_training_inputs,
-    "chronos_bolt": _chronos_bolt_training_inputs,
-    "ttm": _ttm_training_inputs,
-}
-"""Per family (see `family_of`): `(model, window features, freq_index) -> forward arguments with the loss target`;
-merged into `hf_tsprune.training.TRAINING_INPUTS`, the one training entry point (`training_inputs`, `ForecastCollator`)."""
-
-TRAINING_LABEL_NAMES = {"chronos": ["labels"], "chronos_bolt": ["target"], "ttm": ["future_values"]}
-"""Per family: the `TrainingArguments.label_names` that go with `training_inputs` (the key holding the target)."""
 
 
 ADAPTERS: dict[str, ForecastAdapter] = {
