@@ -138,22 +138,15 @@ def prune_stage(
     """
     install_masks(model)
     callback = PruningCallback(pruning_config, resume_from_checkpoint=resume_from_checkpoint)
+    shared = dict(gradient_accumulation_steps=gradient_accumulation_steps, eval_steps=eval_steps, seed=seed)
     args = _training_arguments(
-        output_dir,
-        model,
-        epochs=epochs,
-        batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        eval_steps=eval_steps,
-        seed=seed,
-        use_cpu=use_cpu,
-        disable_tqdm=disable_tqdm,
+        output_dir, model, epochs=epochs, batch_size=batch_size, use_cpu=use_cpu, disable_tqdm=disable_tqdm, **shared,
         save_strategy="steps" if eval_steps else "epoch",  # every prune-run checkpoint can be resumed from
         save_steps=eval_steps,
         max_grad_norm=0.0,  # clipping would rescale the mask gradients, hence the Taylor scores
         learning_rate=1e-3,  # only masks are trainable, and their gradients are dropped after scoring
         weight_decay=0.0,
-    )
+    )  # fmt: skip
     trainer = Trainer(
         model=model,
         args=args,
@@ -212,22 +205,15 @@ def finetune_stage(
         )
         trained = get_peft_model(model, lora)
     best_weights = BestWeightsCallback("eval_loss", patience=early_stopping_patience)
+    shared = dict(gradient_accumulation_steps=gradient_accumulation_steps, eval_steps=eval_steps, seed=seed)
     args = _training_arguments(
-        output_dir,
-        trained,
-        epochs=epochs,
-        batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        eval_steps=eval_steps,
-        seed=seed,
-        use_cpu=use_cpu,
-        disable_tqdm=disable_tqdm,
+        output_dir, trained, epochs=epochs, batch_size=batch_size, use_cpu=use_cpu, disable_tqdm=disable_tqdm, **shared,
         save_strategy="no",  # the best weights are kept in memory (BestWeightsCallback)
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
-    )
+    )  # fmt: skip
     trainer = Trainer(
         model=trained,
         args=args,
