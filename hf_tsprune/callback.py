@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from .masks import get_masks, masked_groups, set_masks, unwrap
-from .scoring import PruningConfig, TaylorScorer
+from .scoring import PruningConfig, TaylorScorer, channels_to_prune_at_step, max_pruned_units
 from .surgery import make_plan
 
 logger = logging.get_logger(__name__)
@@ -118,16 +118,20 @@ class PruningCallback(TrainerCallback):
         if step_in_epoch == 0:
             self.epoch_start_alive = self.scorer.num_alive
             self.pruned_this_epoch = 0
-        due = round(self.config.ratio_per_epoch * self.epoch_start_alive * (step_in_epoch + 1) / self.steps_per_epoch)
-        budget = math.floor(self.config.max_sparsity * self.scorer.total_units + 1e-9) - (
-            self.scorer.total_units - self.scorer.num_alive
+        total_units = self.scorer.total_units
+        num_to_prune = channels_to_prune_at_step(
+            ratio_per_epoch=self.config.ratio_per_epoch,
+            alive_at_epoch_start=self.epoch_start_alive,
+            pruned_this_epoch=self.pruned_this_epoch,
+            step_in_epoch=step_in_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            total_units=total_units,
+            num_alive=self.scorer.num_alive,
+            max_sparsity=self.config.max_sparsity,
         )
-        removed = self.scorer.prune(min(due - self.pruned_this_epoch, budget))
-        self.pruned_this_epoch += removed
+        self.pruned_this_epoch += self.scorer.prune(num_to_prune)
         self._write_masks(groups)
-        if self.scorer.total_units - self.scorer.num_alive >= math.floor(
-            self.config.max_sparsity * self.scorer.total_units + 1e-9
-        ):
+        if total_units - self.scorer.num_alive >= max_pruned_units(total_units, self.config.max_sparsity):
             self.finished = True
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

@@ -15,6 +15,7 @@ channels'), which keeps matmul shapes friendly to fast kernels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -84,6 +85,55 @@ def ema_update(previous: torch.Tensor | None, scores: torch.Tensor, alpha: float
     if previous is None:
         return scores.clone()
     return alpha * scores + (1.0 - alpha) * previous
+
+
+def max_pruned_units(total_units: int, max_sparsity: float) -> int:
+    """The most channels a prune run may remove: `max_sparsity` of `total_units`, rounded down.
+
+    Args:
+        total_units (`int`): Channels of all masked groups.
+        max_sparsity (`float`): The largest fraction of channels to remove ([`PruningConfig.max_sparsity`]).
+
+    Returns:
+        `int`: `floor(max_sparsity * total_units)`, tolerant of float round-off (0.3 * 10 gives 3).
+    """
+    return math.floor(max_sparsity * total_units + 1e-9)
+
+
+def channels_to_prune_at_step(
+    *,
+    ratio_per_epoch: float,
+    alive_at_epoch_start: int,
+    pruned_this_epoch: int,
+    step_in_epoch: int,
+    steps_per_epoch: int,
+    total_units: int,
+    num_alive: int,
+    max_sparsity: float,
+) -> int:
+    """How many channels one optimizer step removes: the per-step pruning budget of the prune run's schedule.
+
+    An epoch removes `ratio_per_epoch` of the channels alive at its start, spread evenly over its optimizer steps: by
+    the end of step `step_in_epoch` (0-based) `round(ratio_per_epoch * alive_at_epoch_start * (step_in_epoch + 1) /
+    steps_per_epoch)` channels are due, of which `pruned_this_epoch` are gone already. No step goes beyond
+    [`max_pruned_units`] in total.
+
+    Args:
+        ratio_per_epoch (`float`): Fraction of the channels alive at the epoch start that the epoch removes.
+        alive_at_epoch_start (`int`): Channels alive when the epoch's first optimizer step began.
+        pruned_this_epoch (`int`): Channels removed by the epoch's earlier steps.
+        step_in_epoch (`int`): Index of this optimizer step within its epoch, from 0.
+        steps_per_epoch (`int`): Optimizer steps per epoch (at least 1).
+        total_units (`int`): Channels of all masked groups.
+        num_alive (`int`): Channels alive now.
+        max_sparsity (`float`): The largest fraction of `total_units` a prune run removes.
+
+    Returns:
+        `int`: channels to remove at this step; 0 or less means none.
+    """
+    due = round(ratio_per_epoch * alive_at_epoch_start * (step_in_epoch + 1) / steps_per_epoch)
+    left_under_max_sparsity = max_pruned_units(total_units, max_sparsity) - (total_units - num_alive)
+    return min(due - pruned_this_epoch, left_under_max_sparsity)
 
 
 def select_units_to_prune(

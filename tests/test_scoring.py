@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from hf_tsprune.scoring import PruningConfig, TaylorScorer, ema_update, select_units_to_prune, taylor_scores
+from hf_tsprune.scoring import (
+    PruningConfig,
+    TaylorScorer,
+    channels_to_prune_at_step,
+    ema_update,
+    max_pruned_units,
+    select_units_to_prune,
+    taylor_scores,
+)
 
 
 def test_taylor_score_hand_computed():
@@ -84,6 +92,43 @@ def test_scorer_schedule_math():
     other = TaylorScorer(config, [4, 4], [torch.ones(4), torch.ones(4)], [True, False])
     other.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(other.alive, scorer.alive))
+
+
+def _epoch_of_steps(alive, steps_per_epoch, ratio_per_epoch=0.3, total_units=None, max_sparsity=0.9):
+    """The per-step budgets of one epoch, applied as the callback applies them (every due channel goes)."""
+    total_units = alive if total_units is None else total_units
+    budgets, pruned, num_alive = [], 0, alive
+    for step in range(steps_per_epoch):
+        budget = channels_to_prune_at_step(
+            ratio_per_epoch=ratio_per_epoch, alive_at_epoch_start=alive, pruned_this_epoch=pruned,
+            step_in_epoch=step, steps_per_epoch=steps_per_epoch, total_units=total_units, num_alive=num_alive,
+            max_sparsity=max_sparsity,
+        )  # fmt: skip
+        removed = max(budget, 0)
+        budgets.append(budget)
+        pruned, num_alive = pruned + removed, num_alive - removed
+    return budgets
+
+
+def test_per_step_budget_spreads_the_epoch_ratio_evenly():
+    # 0.3 of 100 alive channels over 10 steps: 3 per step; over 4 steps the rounded running total spreads the 30
+    assert _epoch_of_steps(100, 10) == [3] * 10
+    assert _epoch_of_steps(100, 4) == [8, 7, 7, 8]  # running totals round(7.5, 15, 22.5, 30): 8, 15, 22, 30
+    assert sum(_epoch_of_steps(37, 7)) == round(0.3 * 37)
+    assert _epoch_of_steps(10, 1) == [3]  # one step per epoch takes the whole ratio at once
+    # fewer channels due than steps: nothing at some steps, never negative in total
+    assert _epoch_of_steps(5, 4, ratio_per_epoch=0.2) == [0, 0, 1, 0]  # round(0.25, 0.5, 0.75, 1.0)
+
+
+def test_per_step_budget_stops_at_max_sparsity():
+    assert max_pruned_units(10, 0.3) == 3 and max_pruned_units(7, 0.5) == 3
+    # 88 of 100 channels gone, max_sparsity 0.9: only 2 more may go even though the schedule asks for 4
+    budget = channels_to_prune_at_step(
+        ratio_per_epoch=0.5, alive_at_epoch_start=12, pruned_this_epoch=0, step_in_epoch=1, steps_per_epoch=3,
+        total_units=100, num_alive=12, max_sparsity=0.9,
+    )  # fmt: skip
+    assert budget == 2
+    assert _epoch_of_steps(20, 2, ratio_per_epoch=0.5, total_units=100, max_sparsity=0.85) == [5, 0]
 
 
 @pytest.mark.parametrize(
