@@ -299,11 +299,11 @@ def evaluate_forecaster(
     if isinstance(forecaster, (str, os.PathLike)):
         forecaster = load_forecaster(forecaster, season_length=season_length)
     source = get_window_source(dataset)
-    horizon = source.prediction_length if prediction_length is None else int(prediction_length)
-    if not 1 <= horizon <= source.prediction_length:
+    prediction_length = source.prediction_length if prediction_length is None else int(prediction_length)
+    if not 1 <= prediction_length <= source.prediction_length:
         raise ValueError(
             f"`prediction_length` must be between 1 and the windows' horizon {source.prediction_length}, "
-            f"got {horizon}: "
+            f"got {prediction_length}: "
             "load the data with a longer `prediction_length`."
         )
     if len(dataset) == 0:
@@ -342,13 +342,15 @@ def evaluate_forecaster(
     )
     for batch in progress:
         values, observed = batch["values"], batch["observed"].astype(np.float32)
-        past, future = values[:, :context], values[:, context : context + horizon]
-        past_mask, future_mask = observed[:, :context], observed[:, context : context + horizon]
+        past, future = values[:, :context], values[:, context : context + prediction_length]
+        past_mask, future_mask = observed[:, :context], observed[:, context : context + prediction_length]
         quantiles, levels = None, None
         if is_naive:
-            prediction = forecaster.predict(past, horizon, season_length=season)
+            prediction = forecaster.predict(past, prediction_length, season_length=season)
         else:
-            result = forecast(forecaster, past, horizon, past_observed_mask=past_mask, freq=freq, adapter=adapter)
+            result = forecast(
+                forecaster, past, prediction_length, past_observed_mask=past_mask, freq=freq, adapter=adapter
+            )
             prediction = result.mean.numpy()
             if result.quantiles is not None:
                 quantiles, levels = result.quantiles.numpy(), result.quantile_levels
@@ -385,7 +387,7 @@ def evaluate_forecaster(
     results = {name: results[name] for name in metrics} | {"num_values": results.get("num_values", 0)}
     results["n_windows"] = _count_windows(batches)
     results["n_items"] = batches.total
-    results["prediction_length"] = horizon
+    results["prediction_length"] = prediction_length
     results["context_length"] = context
     results["seconds"] = round(time.perf_counter() - started, 3)
     if per_horizon:

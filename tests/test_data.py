@@ -18,6 +18,7 @@ from hf_tsprune.data import (
     BENCHMARKS,
     DATA_DIR_ENV,
     WindowBatches,
+    build_window_datasets,
     frame_to_collection,
     get_window_source,
     infer_frequency,
@@ -123,6 +124,25 @@ def test_stride_and_eval_stride(csv_path):
     assert len(strided["test"]) == (len(full["test"]) + 1) // 2
     with pytest.raises(ValueError, match="stride"):
         load_forecasting_dataset(csv_path, context_length=24, prediction_length=8, stride=0)
+
+
+def test_one_read_gives_windows_of_two_target_lengths(csv_path):
+    collection = load_time_series(csv_path)  # read once: training windows at one target length, test at another
+    training = build_window_datasets(
+        collection, context_length=24, prediction_length=16, splits=("train", "validation")
+    )
+    test = build_window_datasets(collection, context_length=24, prediction_length=8, splits=("test",))
+    assert set(training) == {"train", "validation"} and set(test) == {"test"}
+    long_targets = load_forecasting_dataset(csv_path, context_length=24, prediction_length=16)
+    short_targets = load_forecasting_dataset(csv_path, context_length=24, prediction_length=8)
+    for built, reference, split in ((training, long_targets, "train"), (training, long_targets, "validation"),
+                                    (test, short_targets, "test")):  # fmt: skip
+        assert built[split].num_rows == reference[split].num_rows
+        for key in ("past_values", "future_values", "future_observed_mask"):
+            assert torch.equal(built[split][:][key], reference[split][:][key])
+    assert test["test"][0]["future_values"].shape == (8,)
+    with pytest.raises(ValueError, match="splits"):
+        build_window_datasets(collection, context_length=24, prediction_length=8, splits=("tests",))
 
 
 def test_fixed_borders_like_ett(csv_path):

@@ -210,8 +210,19 @@ def build_window_datasets(
     split_ratios: Sequence[float] = (0.7, 0.1, 0.2),
     borders: Sequence[int] | None = None,
     missing_values: str = "mask",
+    splits: Sequence[str] = SPLITS,
 ) -> datasets.DatasetDict:
-    """Split, scale and window a [`TimeSeriesCollection`]; see [`load_forecasting_dataset`] for the arguments."""
+    """Split, scale and window a [`TimeSeriesCollection`]; see [`load_forecasting_dataset`] for the arguments.
+
+    Args:
+        splits (`Sequence[str]`, *optional*, defaults to `("train", "validation", "test")`):
+            The splits to build; the others are left out of the result. Scaling always uses the training rows, so a
+            split is the same whichever others are built with it (one collection can give train/validation windows
+            with one target length and test windows with another).
+    """
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"`splits` must name some of {SPLITS}, got {tuple(splits)}.")
     for arg, value in (("context_length", context_length), ("prediction_length", prediction_length)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"`{arg}` must be a positive integer, got {value!r}.")
@@ -237,7 +248,7 @@ def build_window_datasets(
 
     num_channels = collection.num_channels
     chunks, masks, offsets, lengths, means, stds = [], [], [], [], [], []
-    index_rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {split: [] for split in SPLITS}
+    index_rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {split: [] for split in splits}
     offset = 0
     missing_count, missing_series = 0, 0
     for position, index in enumerate(kept):
@@ -275,7 +286,7 @@ def build_window_datasets(
         means.append(mean)
         stds.append(std)
         offset += len(raw)
-        for split in SPLITS:
+        for split in splits:
             split_stride = stride if split == "train" else eval_stride
             starts = _window_starts(len(raw), parts[split], context_length, prediction_length, split_stride)
             index_rows[split].append((np.full(len(starts), position, dtype=np.int32), starts))
@@ -307,8 +318,8 @@ def build_window_datasets(
         keep_channel_axis=keep_channel_axis,
     )
     description = json.dumps(source.metadata())
-    splits = {}
-    for split in SPLITS:
+    split_datasets = {}
+    for split in splits:
         series_index = np.concatenate([s for s, _ in index_rows[split]])
         starts = np.concatenate([t for _, t in index_rows[split]])
         if len(starts) == 0:
@@ -334,8 +345,8 @@ def build_window_datasets(
             split=datasets.NamedSplit(split),
         )
         split_ds.set_transform(source)
-        splits[split] = split_ds
-    return datasets.DatasetDict(splits)
+        split_datasets[split] = split_ds
+    return datasets.DatasetDict(split_datasets)
 
 
 def load_forecasting_dataset(
