@@ -8,63 +8,61 @@ Prune-then-finetune ("Less is More", arXiv 2505.23195) as a `transformers.Traine
 3. `shrink(model)`: physically smaller model, same outputs; returns a `PruningPlan` (params, FLOPs, per-layer sizes).
 """
 
-from .architectures import (
-    ArchitectureSpec,
-    AttentionGroup,
-    MLPGroup,
-    get_spec,
-    register_architecture,
-    supported_model_classes,
-)
+from . import families as _families  # noqa: F401  (registers every model family)
 from .callback import PruningCallback
+from .checkpoint_code import EmptyAttention
+from .family import Family, families, family_of, get_family, get_spec, register_family, supported_model_classes
 from .masks import get_masks, install_masks, masked_groups, remove_masks, set_masks
-from .modeling import (  # importing registers the pruned classes with the transformers Auto classes
-    PrunedPatchTSMixerConfig,
-    PrunedPatchTSMixerForPrediction,
-    PrunedPatchTSTConfig,
-    PrunedPatchTSTForPrediction,
-    PrunedTimesFm2_5Config,
-    PrunedTimesFm2_5ModelForPrediction,
-    PrunedTimesFmConfig,
-    PrunedTimesFmModelForPrediction,
-    is_pruned_model,
-    save_pruned,
-    to_pruned_model,
-)
+from .modeling import is_pruned_model, register_auto_classes, save_pruned, to_pruned_model
 from .scoring import PruningConfig, TaylorScorer
-from .surgery import EmptyAttention, PruningPlan, count_flops, make_plan, shrink
+from .specs import ArchitectureSpec, AttentionGroup, MLPGroup
+from .surgery import PruningPlan, count_flops, make_plan, shrink
 
 __version__ = "0.1.0"
+
+register_auto_classes()  # the pruned classes of every available family load with the transformers Auto classes
+
+_PRUNED_CLASS_NAMES = {
+    name: family for family in families().values() for name in (family.config_class_name, family.model_class_name)
+}
+
+
+def __getattr__(name: str):
+    """The pruned configuration and model classes of every family (`hf_tsprune.PrunedTimesFm2_5Config`, ...); one
+    of a family whose package is missing raises the `ImportError` that says how to install it."""
+    if name in _PRUNED_CLASS_NAMES:
+        from . import modeling
+
+        return getattr(modeling, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ArchitectureSpec",
     "AttentionGroup",
     "EmptyAttention",
+    "Family",
     "MLPGroup",
     "PruningCallback",
     "PruningConfig",
     "PruningPlan",
-    "PrunedPatchTSMixerConfig",
-    "PrunedPatchTSMixerForPrediction",
-    "PrunedPatchTSTConfig",
-    "PrunedPatchTSTForPrediction",
-    "PrunedTimesFm2_5Config",
-    "PrunedTimesFm2_5ModelForPrediction",
-    "PrunedTimesFmConfig",
-    "PrunedTimesFmModelForPrediction",
     "TaylorScorer",
     "count_flops",
+    "families",
+    "family_of",
+    "get_family",
     "get_masks",
     "get_spec",
     "install_masks",
     "is_pruned_model",
     "make_plan",
     "masked_groups",
-    "register_architecture",
+    "register_auto_classes",
+    "register_family",
     "remove_masks",
     "save_pruned",
     "set_masks",
     "shrink",
     "supported_model_classes",
     "to_pruned_model",
-]
+] + sorted(name for name, family in _PRUNED_CLASS_NAMES.items() if family.available)

@@ -25,8 +25,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .adapters import ADAPTERS, ForecastAdapter, ModelForecast, _chronos_settings, family_of, get_adapter
+from .adapters import ForecastAdapter, ModelForecast, get_adapter
 from .data import WindowBatches, get_window_source, seasonal_period, timesfm_frequency_index
+from .family import family_of, get_family
 from .metrics import ForecastMetrics
 
 logger = logging.get_logger(__name__)
@@ -104,7 +105,7 @@ def load_forecaster(
 
     Args:
         model_name_or_path (`str` or `os.PathLike`): a name of `NAIVE_BASELINES`, or a Hub model id or folder of a
-            supported model (see `ADAPTERS`), dense or a pruned hf_tsprune checkpoint.
+            supported model (see `hf_tsprune.families()`), dense or a pruned hf_tsprune checkpoint.
         season_length (`int`, *optional*): Season of the `seasonal_naive` baseline.
         from_pretrained_kwargs: Passed to `from_pretrained` (e.g. `torch_dtype`, `revision`).
 
@@ -114,21 +115,18 @@ def load_forecaster(
     name = os.fspath(model_name_or_path)
     if name in NAIVE_BASELINES:
         return NaiveForecaster(name, season_length)
-    import importlib.util
+    from transformers import AutoConfig, PretrainedConfig
 
-    from transformers import AutoConfig
-
-    from .modeling import PRUNED_MODEL_CLASSES
-
-    if importlib.util.find_spec("tsfm_public") is not None:
-        import tsfm_public  # noqa: F401  (registers TTM's `tinytimemixer` config with AutoConfig)
-    config = AutoConfig.from_pretrained(
-        name, **{k: v for k, v in from_pretrained_kwargs.items() if k in ("revision", "token")}
-    )
-    adapter = get_adapter(config)
-    base_model_type = getattr(config, "base_model_type", None)
+    hub_kwargs = {k: v for k, v in from_pretrained_kwargs.items() if k in ("revision", "token")}
+    model_type = PretrainedConfig.get_config_dict(name, **hub_kwargs)[0].get("model_type")
+    if family_of(model_type or "") is not None:
+        get_family(model_type)  # its optional package missing: an ImportError that says how to install it
+    config = AutoConfig.from_pretrained(name, **hub_kwargs)
+    get_adapter(config)  # an unsupported model type: a ValueError that lists the supported families
+    family = get_family(config)
     # a pruned hf_tsprune checkpoint loads with its pruned class, anything else with its family's class
-    model_class = PRUNED_MODEL_CLASSES[base_model_type] if base_model_type else adapter.model_class()
+    pruned = getattr(config, "base_model_type", None) == family.name
+    model_class = family.pruned_model_class if pruned else family.base_classes()[1]
     model = model_class.from_pretrained(name, **from_pretrained_kwargs)
     return model.eval()
 
@@ -161,7 +159,9 @@ def load_chronos_pipeline(model_or_path: torch.nn.Module | str | os.PathLike, **
     if family == "chronos":
         from chronos import ChronosModel, ChronosPipeline
 
-        settings = _chronos_settings(model)
+        from .families.chronos import chronos_settings
+
+        settings = chronos_settings(model)
         return ChronosPipeline(tokenizer=settings.create_tokenizer(), model=ChronosModel(settings, model.eval()))
     raise ValueError(
         f"load_chronos_pipeline takes a Chronos or Chronos-Bolt model; got a {type(model).__name__} ({family}). "
@@ -190,7 +190,7 @@ def forecast(
     [`hf_tsprune.adapters`]).
 
     Args:
-        model (`torch.nn.Module`): A supported model (see [`hf_tsprune.adapters.ADAPTERS`]).
+        model (`torch.nn.Module`): A model of a registered family (see [`hf_tsprune.families`]).
         past_values (`torch.Tensor` or `np.ndarray`): `(batch, context)` or `(batch, context, channels)`.
         prediction_length (`int`): Steps to forecast.
         past_observed_mask (*optional*): Same shape as `past_values`, 1 where observed.
@@ -396,7 +396,6 @@ def evaluate_forecaster(
 
 
 __all__ = [
-    "ADAPTERS",
     "NAIVE_BASELINES",
     "NaiveForecaster",
     "evaluate_forecaster",

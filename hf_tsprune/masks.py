@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .architectures import AttentionGroup, Group, MLPGroup, get_spec
-from .architectures.base import ArchitectureSpec
+from .family import get_spec
+from .specs import ArchitectureSpec, AttentionGroup, Group, MLPGroup
 
 MASK_NAME = "hf_tsprune_mask"
 _STATE_ATTR = "_hf_tsprune_masked_groups"
@@ -188,7 +188,7 @@ def masked_groups(model: nn.Module) -> list[MaskedGroup]:
     groups = getattr(model, _STATE_ATTR, None)
     if not groups:
         raise ValueError(
-            "No pruning masks on this model: call `hf_tsprune.install_masks(model)` (or `prepare_for_pruning`) before "
+            "No pruning masks on this model: call `hf_tsprune.install_masks(model)` before "
             "building the Trainer, so that the masks are parameters the Trainer and DDP know about."
         )
     return groups

@@ -1,9 +1,10 @@
 """Pruned checkpoints that load with `from_pretrained`: pruned config/model classes, Auto registration, saving.
 
 A shrunk model has layers of different widths, which no transformers configuration describes. hf_tsprune gives each
-supported architecture a pruned configuration (the base configuration plus `hf_tsprune_layout`, the per-layer sizes,
-and `base_model`, `base_model_revision`, `pruning`) with its own `model_type` (`hf_tsprune_<base model_type>`), and a
-pruned model class that builds the base model and then gives the listed blocks their pruned sizes. So:
+registered family a pruned configuration (the base configuration plus `hf_tsprune_layout`, the per-layer sizes,
+`hf_tsprune_blocks`, the family's block kinds, and `base_model`, `base_model_revision`, `pruning`) with its own
+`model_type` (`hf_tsprune_<family>`), and a pruned model class that builds the base model and then gives the listed
+blocks their pruned sizes. So:
 
 ```python
 plan = shrink(model)
@@ -17,11 +18,13 @@ model = AutoModelForTimeSeriesPrediction.from_pretrained("pruned")
 model = AutoModelForTimeSeriesPrediction.from_pretrained("pruned", trust_remote_code=True)
 ```
 
-The classes live in `hf_tsprune/remote_code/` (imports: torch and transformers only); `save_pretrained` copies those
-two files beside the weights and records them in `config.json`'s `auto_map`, which is what `trust_remote_code=True`
-loads. After `to_pruned_model`, the model is an instance of its pruned class, so everything that saves through
-`save_pretrained` (a `Trainer` finetuning it, `push_to_hub`, peft's `merge_and_unload()` then save) writes a pruned
-checkpoint.
+The load-time code is `hf_tsprune/checkpoint_code.py` (imports: torch only); every save writes it unchanged beside the
+weights as `hf_tsprune_checkpoint.py`, with two small files generated from the registered family
+(`configuration_hf_tsprune.py`, `modeling_hf_tsprune.py`: the family's base-class imports, the source of its attention
+forwards, and the same two class-factory calls [`build_pruned_classes`] makes here), and records them in
+`config.json`'s `auto_map`, which is what `trust_remote_code=True` loads. After `to_pruned_model`, the model is an
+instance of its pruned class, so everything that saves through `save_pretrained` (a `Trainer` finetuning it,
+`push_to_hub`, peft's `merge_and_unload()` then save) writes a pruned checkpoint.
 """
 
 from __future__ import annotations
@@ -29,39 +32,40 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import re
-from collections.abc import Mapping
+import shutil
+import sys
+import textwrap
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForTimeSeriesPrediction, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
+from . import checkpoint_code
+from .checkpoint_code import (
+    BLOCKS_ATTR,
+    CHECKPOINT_MODULE,
+    CONFIG_MODULE,
+    LAYOUT_ATTR,
+    MODEL_MODULE,
+    PrunedConfigMixin,
+    PrunedModelMixin,
+    make_pruned_config_class,
+    make_pruned_model_class,
+)
+from .family import Family, families, family_of, get_family
 from .masks import _STATE_ATTR, describe_groups, unwrap
-from .remote_code.configuration_hf_tsprune import (
-    PRUNED_CONFIG_CLASSES,
-    PrunedPatchTSMixerConfig,
-    PrunedPatchTSTConfig,
-    PrunedTimesFm2_5Config,
-    PrunedTimesFmConfig,
-)
-from .remote_code.modeling_hf_tsprune import (
-    PRUNED_MODEL_CLASSES,
-    PrunedPatchTSMixerForPrediction,
-    PrunedPatchTSTForPrediction,
-    PrunedTimesFm2_5ModelForPrediction,
-    PrunedTimesFmModelForPrediction,
-    apply_pruned_layout,
-)
-from .surgery import LAYOUT_ATTR, PruningPlan
+from .surgery import PruningPlan
 
-BASE_PACKAGES = ("transformers.", "chronos.", "tsfm_public.")
-"""Packages whose model/config classes a pruned class extends."""
-
-REMOTE_CODE_FILES = ("configuration_hf_tsprune.py", "modeling_hf_tsprune.py")
+REMOTE_CODE_FILES = (f"{CONFIG_MODULE}.py", f"{MODEL_MODULE}.py", f"{CHECKPOINT_MODULE}.py")
 """The files `save_pretrained` writes beside the weights of a pruned model (for `trust_remote_code=True`)."""
 
 PAPER = (
@@ -69,77 +73,230 @@ PAPER = (
 )
 
 __all__ = [
-    "PRUNED_CONFIG_CLASSES",
-    "PRUNED_MODEL_CLASSES",
-    "PrunedPatchTSMixerConfig",
-    "PrunedPatchTSMixerForPrediction",
-    "PrunedPatchTSTConfig",
-    "PrunedPatchTSTForPrediction",
-    "PrunedTimesFm2_5Config",
-    "PrunedTimesFm2_5ModelForPrediction",
-    "PrunedTimesFmConfig",
-    "PrunedTimesFmModelForPrediction",
-    "apply_pruned_layout",
+    "REMOTE_CODE_FILES",
+    "build_pruned_classes",
     "is_pruned_model",
     "kept_units",
     "register_auto_classes",
     "save_pruned",
     "to_pruned_model",
+    "write_remote_code",
 ]
 
 
+# -- pruned classes ---------------------------------------------------------------------------------------------------
+
+
+def build_pruned_classes(family: Family) -> tuple[type, type]:
+    """The pruned configuration and model classes of a family, built from its base classes with the factories of
+    `hf_tsprune.checkpoint_code` (the calls the generated remote code makes too). They are reported in, and
+    importable from, `hf_tsprune.modeling`.
+
+    Raises:
+        `ImportError`: the family's optional package is missing.
+    """
+    base_config, base_model = family.base_classes()
+    module = __name__
+    config_class = make_pruned_config_class(
+        base_config, family.config_class_name, family=family.name, model_class_name=family.model_class_name,
+        extra_auto_classes=family.extra_auto_classes, module=module,
+    )  # fmt: skip
+    config_class._hf_tsprune_save_hook = staticmethod(write_remote_code)
+    model_class = make_pruned_model_class(
+        base_model, config_class, family.model_class_name, forwards=family.spec.attention_forwards(), module=module
+    )
+    this = sys.modules[__name__]
+    setattr(this, config_class.__name__, config_class)  # importable by name (pickle, `from hf_tsprune.modeling ...`)
+    setattr(this, model_class.__name__, model_class)
+    return config_class, model_class
+
+
 def register_auto_classes() -> None:
-    """Registers the pruned configurations with `AutoConfig` and the pruned models with `AutoModel`,
-    `AutoModelForTimeSeriesPrediction` and the configuration's `extra_auto_classes` (Chronos: `AutoModelForSeq2SeqLM`,
-    which `chronos.ChronosPipeline` loads through); idempotent, `import hf_tsprune` calls it."""
-    for base_model_type, config_class in PRUNED_CONFIG_CLASSES.items():
-        model_class = PRUNED_MODEL_CLASSES[base_model_type]
+    """Registers the pruned configuration of every available family with `AutoConfig`, its pruned model with
+    `AutoModel`, `AutoModelForTimeSeriesPrediction` and the family's `extra_auto_classes` (Chronos:
+    `AutoModelForSeq2SeqLM`, which `chronos.ChronosPipeline` loads through); idempotent, `import hf_tsprune` calls it.
+    Families whose optional package is missing are skipped."""
+    for family in families().values():
+        if not family.available:
+            continue
+        config_class, model_class = family.pruned_config_class, family.pruned_model_class
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        AutoModel.register(config_class, model_class, exist_ok=True)
-        AutoModelForTimeSeriesPrediction.register(config_class, model_class, exist_ok=True)
-        for auto_class in config_class.extra_auto_classes:
+        for auto_class in ("AutoModel", "AutoModelForTimeSeriesPrediction", *family.extra_auto_classes):
             getattr(transformers, auto_class).register(config_class, model_class, exist_ok=True)
 
 
-def _base_class(pruned_class: type) -> type:
-    """The transformers class a pruned model class extends (e.g. `TimesFmModelForPrediction`)."""
-    return next(c for c in pruned_class.__mro__[1:] if c.__module__.startswith(BASE_PACKAGES))
-
-
-def _family(model: nn.Module) -> str:
-    for base_model_type, pruned_class in PRUNED_MODEL_CLASSES.items():
-        if isinstance(model, _base_class(pruned_class)):
-            return base_model_type
-    supported = ", ".join(_base_class(c).__name__ for c in PRUNED_MODEL_CLASSES.values())
-    raise TypeError(
-        f"hf_tsprune cannot save a pruned {type(model).__name__}: pruned checkpoints exist for {supported}. Pass the "
-        "forecasting model itself (not a wrapper or a backbone)."
-    )
+def __getattr__(name: str):
+    """`hf_tsprune.modeling.Pruned<...>` of a family not built yet (its package missing: the `ImportError` says so)."""
+    for family in families().values():
+        if name in (family.config_class_name, family.model_class_name):
+            config_class, model_class = family._pruned_classes()
+            return config_class if name == family.config_class_name else model_class
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_pruned_model(model: nn.Module) -> bool:
     """Whether `model` is an instance of a pruned model class (built by `from_pretrained` or `to_pruned_model`)."""
-    return isinstance(unwrap(model), tuple(PRUNED_MODEL_CLASSES.values()))
+    return isinstance(unwrap(model), PrunedModelMixin)
 
 
-def _base_config_class(config_class: type) -> type:
-    """The transformers configuration class a pruned configuration class extends (e.g. `TimesFmConfig`)."""
-    return next(c for c in config_class.__mro__[1:] if c.__module__.startswith(BASE_PACKAGES))
+def is_pruned_config(config: Any) -> bool:
+    """Whether `config` is a pruned configuration (of hf_tsprune's classes, or loaded with remote code)."""
+    return isinstance(config, PrunedConfigMixin) or (
+        getattr(config, BLOCKS_ATTR, None) is not None and getattr(config, "base_model_type", None) in families()
+    )
 
 
-def _meta_base_model(config, base_model_type: str) -> nn.Module:
+# -- remote code ------------------------------------------------------------------------------------------------------
+
+_HEADER = """\
+# Generated by hf_tsprune {version} for a pruned {family} checkpoint; loaded by `trust_remote_code=True`.
+# {what}; the pruning code itself is `{checkpoint}.py` beside it. Nothing here prunes anything.
+from __future__ import annotations
+"""
+
+
+def _import_line(name: str, value: Any) -> str:
+    """The import statement that binds `name` to `value` (a module, or an object defined in a module)."""
+    if isinstance(value, types.ModuleType):
+        parent, _, leaf = value.__name__.rpartition(".")
+        statement = f"from {parent} import {leaf}" if parent else f"import {leaf}"
+        return statement + (f" as {name}" if leaf != name else "")
+    module = getattr(value, "__module__", None) or type(value).__module__
+    for source_name in (getattr(value, "__qualname__", None), name):
+        if source_name and getattr(sys.modules.get(module), source_name, None) is value:
+            return f"from {module} import {source_name}" + (f" as {name}" if source_name != name else "")
+    raise TypeError(f"Checkpoint code cannot import {name!r} ({value!r}): it is not a module-level name of {module}.")
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.extend(_global_names(const))
+    return names
+
+
+def checkpoint_source(functions: tuple[Callable, ...]) -> str:
+    """The source of `functions` as a self-contained module body: the imports of the names they use, their helper
+    functions of the same module, simple constants, then their definitions.
+
+    Raises:
+        `TypeError`: a function uses something of hf_tsprune itself, which a checkpoint loaded with transformers
+            alone cannot import (the checkpoint code of a family may only use torch, transformers, the family's own
+            package and the standard library).
+    """
+    imports, constants, definitions = {}, {}, {}
+
+    def visit(function: Callable) -> None:
+        if function.__name__ in definitions:
+            return
+        definitions[function.__name__] = None  # placeholder: helpers come first
+        for name in dict.fromkeys(_global_names(function.__code__)):
+            if name not in function.__globals__:
+                continue  # an attribute name, a local or a builtin
+            value = function.__globals__[name]
+            if inspect.isfunction(value) and value.__module__ == function.__module__:
+                visit(value)
+            elif isinstance(value, str | int | float | bool | type(None)):
+                constants[name] = f"{name} = {value!r}"
+            else:
+                line = _import_line(name, value)
+                if line.split()[1].split(".")[0] == "hf_tsprune":
+                    raise TypeError(
+                        f"{function.__qualname__} uses {name!r} of hf_tsprune ({line!r}); checkpoint code may only "
+                        "use torch, transformers, the family's own package and the standard library."
+                    )
+                imports[line] = None
+        del definitions[function.__name__]
+        definitions[function.__name__] = textwrap.dedent(inspect.getsource(function))
+
+    for function in functions:
+        visit(function)
+    parts = ["\n".join(sorted(imports))] if imports else []
+    if constants:
+        parts.append("\n".join(constants.values()))
+    return "\n\n".join(parts + list(definitions.values()))
+
+
+def remote_code_sources(family: Family) -> dict[str, str]:
+    """File name -> text of the remote-code files of a family's pruned checkpoints."""
+    from . import __version__
+
+    config_module, config_name = family.base_config_class.split(":")
+    model_module, model_name = family.base_model_class.split(":")
+    header = dict(version=__version__, family=family.name, checkpoint=CHECKPOINT_MODULE)
+    config_source = _HEADER.format(what="Its configuration class", **header) + textwrap.dedent(
+        f"""
+        from {config_module} import {config_name}
+
+        from .{CHECKPOINT_MODULE} import make_pruned_config_class
+
+        {family.config_class_name} = make_pruned_config_class(
+            {config_name},
+            {family.config_class_name!r},
+            family={family.name!r},
+            model_class_name={family.model_class_name!r},
+            extra_auto_classes={tuple(family.extra_auto_classes)!r},
+            module=__name__,
+        )
+        """
+    )
+    forwards = family.spec.attention_forwards()
+    forward_names = "".join(f"{f.__name__}, " for f in forwards)
+    model_source = _HEADER.format(what="Its model class", **header)
+    model_source += f"\nfrom {model_module} import {model_name}\n\n"
+    model_source += f"from .{CONFIG_MODULE} import {family.config_class_name}\n"
+    model_source += f"from .{CHECKPOINT_MODULE} import make_pruned_model_class\n"
+    if forwards:
+        model_source += "\n" + checkpoint_source(forwards) + "\n"
+    model_source += textwrap.dedent(
+        f"""
+        {family.model_class_name} = make_pruned_model_class(
+            {model_name},
+            {family.config_class_name},
+            {family.model_class_name!r},
+            forwards=({forward_names}),
+            module=__name__,
+        )
+        """
+    )
+    return {f"{CONFIG_MODULE}.py": config_source, f"{MODEL_MODULE}.py": model_source}
+
+
+def write_remote_code(config: Any, save_directory: str | os.PathLike) -> list[str]:
+    """Writes the remote-code files of a pruned configuration's family into `save_directory` (created if needed):
+    the generated configuration and modeling files and `hf_tsprune_checkpoint.py`, a copy of
+    `hf_tsprune.checkpoint_code`. Called by every `save_pretrained` of a pruned configuration (hence of a model).
+
+    Returns:
+        The file names written.
+    """
+    family = get_family(config.base_model_type)
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    for filename, text in remote_code_sources(family).items():
+        (folder / filename).write_text(text)
+    shutil.copyfile(checkpoint_code.__file__, folder / f"{CHECKPOINT_MODULE}.py")
+    return list(REMOTE_CODE_FILES)
+
+
+# -- recorded figures -------------------------------------------------------------------------------------------------
+
+
+def _meta_base_model(config, family: Family) -> nn.Module:
     """The unpruned model of `config`'s architecture, built on the `meta` device (no memory, no weights)."""
     fields = {k: v for k, v in config.to_dict().items() if k not in ("auto_map", "architectures", "model_type")}
-    base_config = _base_config_class(PRUNED_CONFIG_CLASSES[base_model_type]).from_dict(copy.deepcopy(fields))
+    base_config_class, base_model_class = family.base_classes()
+    base_config = base_config_class.from_dict(copy.deepcopy(fields))
     with torch.device("meta"):
-        return _base_class(PRUNED_MODEL_CLASSES[base_model_type])(base_config)
+        return base_model_class(base_config)
 
 
-def _units_before(config, base_model_type: str) -> dict[str, dict[str, Any]]:
+def _units_before(config, family: Family) -> dict[str, dict[str, Any]]:
     """Per prunable block of the unpruned architecture: its kind, units and (attention) key/value heads."""
     return {
         g.name: {"kind": g.group.kind, "units": g.num_units, "heads": g.num_kv_heads}
-        for g in describe_groups(_meta_base_model(config, base_model_type))
+        for g in describe_groups(_meta_base_model(config, family), family.spec)
     }
 
 
@@ -162,13 +319,11 @@ def kept_units(model_or_config: nn.Module | Any, plan: PruningPlan | None = None
 
 
 def _kept_units(config, plan: PruningPlan | None) -> dict[str, dict[str, Any]]:
-    base_model_type = getattr(config, "base_model_type", None) or config.model_type
-    if base_model_type not in PRUNED_CONFIG_CLASSES:
-        raise TypeError(f"No pruned architecture for model type {config.model_type!r}.")
+    family = get_family(config)
     layout = getattr(config, LAYOUT_ATTR, None) or {}
     planned = {g.name: g for g in plan.groups} if plan is not None else {}
     out = {}
-    for name, before in _units_before(config, base_model_type).items():
+    for name, before in _units_before(config, family).items():
         entry = {"kind": before["kind"], "units_before": before["units"], "units_after": before["units"]}
         if before["kind"] == "attention":
             entry.update(heads_before=before["heads"], heads_after=before["heads"])
@@ -183,6 +338,20 @@ def _kept_units(config, plan: PruningPlan | None) -> dict[str, dict[str, Any]]:
             entry["units_after"] = sizes["width"]
         out[name] = entry
     return out
+
+
+def _model_family(model: nn.Module) -> Family:
+    """The family of a forecasting model whose class (or a base class) the family lists; else a `TypeError`."""
+    name = family_of(model)
+    family = families().get(name) if name else None
+    if family is None or not any(cls.__name__ in family.model_classes for cls in type(model).__mro__):
+        supported = ", ".join(cls for f in families().values() for cls in f.model_classes)
+        raise TypeError(
+            f"hf_tsprune cannot save a pruned {type(model).__name__}: pruned checkpoints exist for {supported}. Pass "
+            "the forecasting model itself (not a wrapper or a backbone)."
+        )
+    family.require()
+    return family
 
 
 def _num_params(model: nn.Module) -> int:
@@ -263,7 +432,7 @@ def to_pruned_model(
             "`model.save_pretrained(...)`."
         )
     model = unwrap(model)
-    base_model_type = _family(model)
+    family = _model_family(model)
     if getattr(model, _STATE_ATTR, None):
         raise ValueError(
             "Pruning masks are still installed on this model: call `hf_tsprune.shrink(model)` to remove the pruned "
@@ -276,13 +445,15 @@ def to_pruned_model(
             f"{type(model).__name__} has no pruned layout (`config.{LAYOUT_ATTR}`): call `hf_tsprune.shrink(model)` "
             "first; an unpruned model saves with plain `save_pretrained`."
         )
-    config_class = PRUNED_CONFIG_CLASSES[base_model_type]
-    if not isinstance(config, config_class):
+    config_class = family.pruned_config_class
+    if not is_pruned_config(config):
         default_base = config.name_or_path or None
         config.__class__ = config_class
         config.base_model = default_base
         config.base_model_revision = None
         config.pruning = None
+    config.__class__ = config_class  # also a configuration loaded with remote code: the library's class from now on
+    setattr(config, BLOCKS_ATTR, family.spec.blocks())  # what the loader needs to resize the blocks of the layout
     # A base config loaded with from_pretrained carries its model type as an instance attribute, which would shadow
     # the pruned class' own (and bring back the base model's checkpoint weight renamings): drop it.
     config.__dict__.pop("model_type", None)
@@ -294,7 +465,7 @@ def to_pruned_model(
         config.base_model = str(base_model)
     if base_model_revision is not None:
         config.base_model_revision = str(base_model_revision)
-    model.__class__ = PRUNED_MODEL_CLASSES[base_model_type]
+    model.__class__ = family.pruned_model_class
 
     from . import __version__
 
@@ -311,7 +482,7 @@ def to_pruned_model(
     units_before = sum(g["units_before"] for g in groups.values())
     pruning["sparsity"] = 1.0 - sum(g["units_after"] for g in groups.values()) / max(units_before, 1)
     # Figures before pruning describe the unpruned base model, also when an already pruned model is pruned again.
-    pruning["params_before"] = _num_params(_meta_base_model(config, base_model_type))
+    pruning["params_before"] = _num_params(_meta_base_model(config, family))
     pruning["params_after"] = _num_params(model)
     if plan is not None:
         pruning.setdefault("flops_before", plan.flops_before)
@@ -341,8 +512,9 @@ def save_pruned(
 ) -> list[str]:
     """Saves a shrunk model as a pruned checkpoint: `to_pruned_model` then `save_pretrained`.
 
-    Writes `model.safetensors`, `config.json` (base fields, per-layer sizes, base model and revision, pruning
-    settings, `auto_map`) and the remote-code files `configuration_hf_tsprune.py` and `modeling_hf_tsprune.py`.
+    Writes `model.safetensors`, `config.json` (base fields, per-layer sizes, block kinds, base model and revision,
+    pruning settings, `auto_map`) and the remote-code files `configuration_hf_tsprune.py`, `modeling_hf_tsprune.py`
+    and `hf_tsprune_checkpoint.py`.
 
     Args:
         model, base_model, base_model_revision, pruning_config, plan, seed, extra:
@@ -372,6 +544,3 @@ def save_pruned(
     if missing:
         raise RuntimeError(f"Internal error: save_pretrained did not write {missing} to {save_directory}.")
     return sorted(os.listdir(save_directory))
-
-
-register_auto_classes()

@@ -29,8 +29,17 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .architectures import AttentionGroup, get_spec
-from .architectures.base import ArchitectureSpec, set_submodule
+from .checkpoint_code import (
+    LAYOUT_ATTR,
+    EmptyAttention,
+    apply_pruned_layout,
+    empty_attention,
+    query_heads,
+    set_attention_sizes,
+    set_submodule,
+    use_forward,
+)
+from .family import get_spec
 from .masks import (
     _STATE_ATTR,
     MaskedGroup,
@@ -40,33 +49,9 @@ from .masks import (
     remove_masks,
     set_masks,
 )
+from .specs import ArchitectureSpec, AttentionGroup
 
-LAYOUT_ATTR = "hf_tsprune_layout"
-
-
-class EmptyAttention(nn.Module):
-    """Exact stand-in for an attention block whose heads were all pruned: it returns the output projection's bias.
-
-    Args:
-        out_features (`int`): width of the attention output (the model width).
-        bias (`torch.Tensor`, *optional*): the output projection's bias; `None` gives zeros.
-        num_outputs (`int`, *optional*, defaults to 2): length of the returned tuple, as the replaced block's
-            `forward` returns it (the output first, then `None`s).
-    """
-
-    hf_tsprune_empty = True  # nothing prunable left: `describe_groups` skips it
-
-    def __init__(self, out_features: int, bias: torch.Tensor | None = None, num_outputs: int = 2):
-        super().__init__()
-        self.out_features = out_features
-        self.num_outputs = num_outputs
-        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple:
-        out = hidden_states.new_zeros(*hidden_states.shape[:-1], self.out_features)
-        if self.bias is not None:
-            out = out + self.bias
-        return (out,) + (None,) * (self.num_outputs - 1)
+__all__ = ["EmptyAttention", "GroupPlan", "PruningPlan", "apply_layout", "count_flops", "make_plan", "shrink"]
 
 
 @dataclass
@@ -306,18 +291,6 @@ def _sliced_linear(layer: nn.Linear, rows: torch.Tensor | None = None, cols: tor
     return new
 
 
-_V_HEAD_DIM_CLASSES: dict[type, type] = {}
-
-
-def _with_v_head_dim(module: nn.Module, forward) -> None:
-    cls = type(module)
-    if getattr(cls, "_hf_tsprune_v_head_dim", False):
-        return
-    if cls not in _V_HEAD_DIM_CLASSES:
-        _V_HEAD_DIM_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward, "_hf_tsprune_v_head_dim": True})
-    module.__class__ = _V_HEAD_DIM_CLASSES[cls]
-
-
 def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None:
     group, module = masked.group, masked.module
     if plan.kind == "mlp":
@@ -332,13 +305,13 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
         return
     o = module.get_submodule(group.o)
     if plan.heads_after == 0 and group.kept_heads_attr is None:
-        set_submodule(model, masked.name, EmptyAttention(o.out_features, o.bias, group.num_outputs))
+        set_submodule(model, masked.name, empty_attention(o, group.num_outputs))
         return
     q, k, v = (module.get_submodule(getattr(group, a)) for a in "qkv")
     qk_dim = int(getattr(module, group.head_dim_attr))
     g = masked.kv_groups
     kv_rows = (plan.keep[:, None] * qk_dim + torch.arange(qk_dim)).flatten()
-    q_heads = (plan.keep[:, None] * g + torch.arange(g)).flatten()  # query heads reading the kept kv heads
+    q_heads = query_heads(plan.keep, g)  # the query heads reading the kept kv heads
     q_rows = (q_heads[:, None] * qk_dim + torch.arange(qk_dim)).flatten()
     v_rows = (plan.keep[:, None] * masked.head_dim + plan.keep_v).flatten()
     if group.kept_heads_attr is not None:
@@ -354,18 +327,13 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
     for attr, layer, rows in ((group.q, q, q_rows), (group.k, k, kv_rows), (group.v, v, v_rows)):
         set_submodule(module, attr, _sliced_linear(layer, rows=rows))
     set_submodule(module, group.o, new_o)
-    for attr in group.num_heads_attrs:
-        setattr(module, attr, int(q_heads.numel()))
-    for attr in group.num_kv_heads_attrs:
-        setattr(module, attr, int(plan.keep.numel()))
     sizes = {"q": q_rows.numel(), "kv": kv_rows.numel(), "o": o_cols.numel()}
-    for attr, which in group.size_attrs.items():
-        setattr(module, attr, int(sizes[which]))
+    set_attention_sizes(module, group.to_block(), q_heads.numel(), plan.keep.numel(), sizes)
     if plan.head_dim_after != masked.head_dim or hasattr(module, "v_head_dim") or group.kept_heads_attr is not None:
         if group.v_head_dim_forward is None:
             raise ValueError(f"{masked.name}: the spec has no value-head-dimension forward; cannot change it.")
         module.v_head_dim = int(plan.head_dim_after)
-        _with_v_head_dim(module, group.v_head_dim_forward)
+        use_forward(module, group.v_head_dim_forward)
 
 
 def count_flops(model: nn.Module, inputs: dict, spec: ArchitectureSpec | None = None) -> int:
@@ -456,36 +424,11 @@ def shrink(
     return plan
 
 
-def layout_masks(model: nn.Module, layout: dict[str, dict]) -> dict[str, torch.Tensor]:
-    """Masks that give a freshly built model the shapes of `layout` (the first units of each group are kept)."""
-    groups = {g.name: g for g in (getattr(model, _STATE_ATTR, None) or describe_groups(model))}
-    masks = {}
-    for name, sizes in layout.items():
-        if name not in groups:
-            raise ValueError(
-                f"The pruned layout names block {name!r}, which this {type(model).__name__} does not have: the "
-                "checkpoint's layout does not match its base config."
-            )
-        group = groups[name]
-        mask = torch.zeros(group.num_units, dtype=torch.bool)
-        if sizes["kind"] == "mlp":
-            mask[: sizes["width"]] = True
-        else:
-            per_head = mask.view(group.num_kv_heads, group.head_dim)
-            heads = sizes.get("kept_heads")
-            heads = torch.arange(sizes["num_kv_heads"]) if heads is None else torch.as_tensor(heads, dtype=torch.long)
-            if heads.numel() != sizes["num_kv_heads"]:
-                raise ValueError(
-                    f"The pruned layout of {name} lists {heads.numel()} kept heads for "
-                    f"num_kv_heads={sizes['num_kv_heads']}: the checkpoint's config is inconsistent."
-                )
-            per_head[heads, : sizes["v_head_dim"]] = True
-        masks[name] = mask
-    return masks
-
-
 def apply_layout(model: nn.Module, layout: dict[str, dict]) -> nn.Module:
     """Gives a freshly built (unpruned) model the per-layer sizes recorded in `config.hf_tsprune_layout`, so that a
-    pruned checkpoint's weights load into it exactly. The weights it keeps are placeholders to be overwritten."""
-    shrink(model, layout_masks(model, layout), allow_empty_blocks=True, verify=False, count_model_flops=False)
+    pruned checkpoint's weights load into it exactly (placeholder weights until then). This is the loader's own
+    [`hf_tsprune.checkpoint_code.apply_pruned_layout`], with the block kinds of the model's registered spec."""
+    spec = get_spec(model)
+    apply_pruned_layout(model, layout, spec.blocks(), {f.__name__: f for f in spec.attention_forwards()})
+    setattr(model.config, LAYOUT_ATTR, dict(layout))
     return model

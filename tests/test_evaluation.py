@@ -20,7 +20,8 @@ from transformers import (
     TimesFmModelForPrediction,
 )
 
-from hf_tsprune.adapters import ADAPTERS, get_adapter
+from hf_tsprune import families
+from hf_tsprune.adapters import get_adapter
 from hf_tsprune.data import get_window_source, load_forecasting_dataset
 from hf_tsprune.evaluation import NaiveForecaster, evaluate_forecaster, forecast, load_forecaster
 from hf_tsprune.metrics import make_compute_metrics, mse
@@ -249,7 +250,7 @@ def test_load_forecaster_local_folder_and_errors(tmp_path):
     model.save_pretrained(tmp_path / "patchtst")
     loaded = load_forecaster(tmp_path / "patchtst")
     assert isinstance(loaded, PatchTSTForPrediction) and not loaded.training
-    assert set(ADAPTERS) == {"timesfm", "timesfm2_5", "patchtst", "patchtsmixer", "chronos", "chronos_bolt", "ttm"}
+    assert set(families()) == {"timesfm", "timesfm2_5", "patchtst", "patchtsmixer", "chronos", "chronos_bolt", "ttm"}
     with pytest.raises(ValueError, match="Unsupported model type 'bert'.*PatchTSTForPrediction"):
         get_adapter("bert")
 

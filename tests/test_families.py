@@ -15,7 +15,7 @@ from transformers import Trainer, TrainingArguments
 
 from hf_tsprune import PruningCallback, PruningConfig, get_spec, install_masks, masked_groups, set_masks, shrink
 from hf_tsprune.adapters import family_of, get_adapter
-from hf_tsprune.architectures.chronos import KEPT_HEADS
+from hf_tsprune.checkpoint_code import KEPT_HEADS
 from hf_tsprune.masks import get_masks
 from hf_tsprune.surgery import EmptyAttention, apply_layout
 from hf_tsprune.training import ForecastCollator, training_inputs, training_label_names

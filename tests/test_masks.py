@@ -64,7 +64,7 @@ def test_gradient_of_tied_mask_is_removal_effect():
 
 
 def test_unsupported_and_nothing_prunable():
-    with pytest.raises(TypeError, match="Supported: .*TimesFmModelForPrediction.*register_architecture"):
+    with pytest.raises(TypeError, match="Supported: .*TimesFmModelForPrediction.*register_family"):
         install_masks(nn.Sequential(nn.Linear(2, 2)))
     bogus = ArchitectureSpec(
         "x", ("Sequential",), (MLPGroup("nomatch", ("0",), "1"),), lambda m, b: {}, lambda m, i: None

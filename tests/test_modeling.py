@@ -1,6 +1,7 @@
 """Pruned checkpoints: save_pretrained / from_pretrained round trips, Auto classes, remote code, the renaming trap."""
 
 import ast
+import inspect
 import json
 import os
 import subprocess
@@ -19,6 +20,8 @@ import hf_tsprune
 from hf_tsprune import (
     EmptyAttention,
     PruningConfig,
+    checkpoint_code,
+    get_family,
     get_spec,
     install_masks,
     is_pruned_model,
@@ -26,9 +29,11 @@ from hf_tsprune import (
     shrink,
     to_pruned_model,
 )
-from hf_tsprune.architectures.base import AttentionGroup
-from hf_tsprune.modeling import PRUNED_CONFIG_CLASSES, PRUNED_MODEL_CLASSES, REMOTE_CODE_FILES, kept_units
-from hf_tsprune.remote_code import modeling_hf_tsprune
+from hf_tsprune.modeling import REMOTE_CODE_FILES, kept_units
+from hf_tsprune.specs import AttentionGroup
+
+PRUNED_CONFIG_CLASSES = {name: get_family(name).pruned_config_class for name in TINY}
+PRUNED_MODEL_CLASSES = {name: get_family(name).pruned_model_class for name in TINY}
 
 OUTPUT = {"timesfm": "mean_predictions", "timesfm2_5": "mean_predictions"}  # others: prediction_outputs
 
@@ -101,7 +106,7 @@ def test_saved_checkpoint_records_every_size(saved, name):
     with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
         assert set(f.keys()) == set(model.state_dict())
     # the remote-code files import torch, transformers, the standard library and each other: nothing of hf_tsprune
-    # (and, guarded by try/except ImportError, the optional families' own packages chronos and tsfm_public)
+    # (and the optional families' own packages chronos and tsfm_public)
     for filename in REMOTE_CODE_FILES:
         tree = ast.parse(open(os.path.join(folder, filename)).read())
         for node in ast.walk(tree):
@@ -109,7 +114,7 @@ def test_saved_checkpoint_records_every_size(saved, name):
                 assert all(a.name.split(".")[0] in ("math", "re", "torch") for a in node.names), filename
             elif isinstance(node, ast.ImportFrom):
                 allowed = node.level == 1 or node.module.split(".")[0] in (
-                    "collections", "dataclasses", "torch", "transformers", "chronos", "tsfm_public"
+                    "__future__", "collections", "dataclasses", "torch", "transformers", "chronos", "tsfm_public"
                 )  # fmt: skip
                 assert allowed, (filename, node.module)
 
@@ -129,7 +134,7 @@ def test_from_pretrained_in_process_all_loaders(saved, name):
             k: v.shape for k, v in model.state_dict().items()
         }
     assert type(AutoConfig.from_pretrained(folder)) is PRUNED_CONFIG_CLASSES[name]
-    empty = [n for n, m in loaded.named_modules() if isinstance(m, modeling_hf_tsprune.EmptyAttention)]
+    empty = [n for n, m in loaded.named_modules() if isinstance(m, checkpoint_code.EmptyAttention)]
     assert empty == [n for n, m in model.named_modules() if isinstance(m, EmptyAttention)] != []
 
 
@@ -218,23 +223,19 @@ def test_random_init_from_config_and_further_pruning(saved, tmp_path):
     assert pruning["sparsity"] > model.config.pruning["sparsity"]
 
 
-def test_remote_code_tables_mirror_the_architecture_specs():
-    """The self-contained remote-code file repeats the spec fields it needs; they must not drift apart."""
-    from hf_tsprune.architectures.base import _REGISTRY
-
-    for name, blocks in modeling_hf_tsprune.BLOCKS.items():
-        spec = next(s for s in _REGISTRY.values() if s.model_type == name)
-        assert len(blocks) == len(spec.groups)
-        for entry, group in zip(blocks, spec.groups):
-            assert entry["kind"] == group.kind and entry["pattern"] == group.pattern
-            fields = ("producers", "consumer", "width_attrs", "module_classes") if group.kind == "mlp" else (
-                "q", "k", "v", "o", "head_dim_attr", "num_heads_attrs", "num_kv_heads_attrs", "size_attrs",
-                "kv_groups_attr", "kept_heads_attr", "module_classes", "num_outputs",
-            )  # fmt: skip
-            for field in fields:
-                assert entry[field] == getattr(group, field), (name, field)
-            if group.kind == "attention":
-                assert (entry["v_head_dim_forward"] is None) == (group.v_head_dim_forward is None)
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_checkpoint_code_has_one_source(saved, name):
+    """The load-time code beside the weights is the library's own module, byte for byte, and the block kinds the
+    loader reads come from the registered family's spec (nothing kept by hand)."""
+    folder, model, _, _, _ = saved[name]
+    written = open(os.path.join(folder, "hf_tsprune_checkpoint.py")).read()
+    assert written == open(checkpoint_code.__file__).read()
+    config = json.load(open(os.path.join(folder, "config.json")))
+    assert config["hf_tsprune_blocks"] == json.loads(json.dumps(get_spec(model).blocks()))
+    # the generated modeling file holds the family's attention forwards verbatim (the library's functions)
+    modeling = open(os.path.join(folder, "modeling_hf_tsprune.py")).read()
+    for forward in get_spec(model).attention_forwards():
+        assert textwrap.dedent(inspect.getsource(forward)) in modeling
 
 
 LOAD_SCRIPT = textwrap.dedent(
@@ -324,4 +325,4 @@ def test_fresh_process_round_trip_every_architecture(saved, tmp_path, mode):
         if mode == "remote":
             assert entry["module"].startswith("transformers_modules.") and "trust_remote_code=True" in entry["refused"]
         else:
-            assert entry["module"] == "hf_tsprune.remote_code.modeling_hf_tsprune"
+            assert entry["module"] == "hf_tsprune.modeling"

@@ -13,6 +13,9 @@ its own heads, the shrunk attention forward (`t5_attention_forward`) leaves that
 and selects its kept heads from the shared bias through a `hf_tsprune_kept_heads` buffer (original query-head
 indices, saved with the weights; also recorded in the layout as `kept_heads`). The embedding itself is never sliced.
 T5 does not scale scores by `1/sqrt(head_dim)`, so cutting value channels changes nothing in the scores.
+
+Forecasting and training need the `chronos` package (its tokenizer): the point forecast is the mean of sampled paths,
+the loss the token cross-entropy on `labels`.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.t5 import modeling_t5
 
-from .base import ArchitectureSpec, AttentionGroup, MLPGroup, register_architecture
+from ..adapters import ForecastAdapter, ModelForecast
+from ..checkpoint_code import KEPT_HEADS
+from ..family import Family, register_family
+from ..specs import ArchitectureSpec, AttentionGroup, MLPGroup
+from ..training import observed_window
 
-KEPT_HEADS = "hf_tsprune_kept_heads"
-"""Buffer of a shrunk T5 attention block: original indices of its kept query heads."""
+CHRONOS_INSTALL = 'pip install chronos-forecasting (or pip install "hf_tsprune[families]")'
 
 
 def t5_attention_forward(
@@ -161,12 +168,97 @@ def forecast(model, inputs: dict) -> torch.Tensor:
     return model(**inputs).logits
 
 
-CHRONOS_SPEC = register_architecture(
-    ArchitectureSpec(
-        model_type="chronos",
-        model_classes=("T5ForConditionalGeneration",),
-        groups=t5_groups(),
-        example_inputs=example_inputs,
-        forecast=forecast,
+def chronos_settings(model: torch.nn.Module):
+    """`chronos.ChronosConfig` of a Chronos (T5) checkpoint."""
+    settings = getattr(model.config, "chronos_config", None)
+    if not settings:
+        raise ValueError(
+            f"{type(model).__name__} has no `config.chronos_config`: it is not a Chronos checkpoint. Load one of the "
+            "amazon/chronos-t5-* models, or set `config.chronos_config` (tokenizer, context and prediction length)."
+        )
+    from chronos import ChronosConfig
+
+    return ChronosConfig(**settings)
+
+
+def with_nans(values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Missing values as NaN, the way the `chronos` package marks them."""
+    return torch.where(observed > 0, values, torch.full_like(values, float("nan")))
+
+
+class ChronosAdapter(ForecastAdapter):
+    """Chronos (`T5ForConditionalGeneration` with a `chronos_config`): univariate, contexts up to `context_length`.
+
+    The context is tokenised as `chronos.ChronosPipeline` does (mean scaling, uniform bins, EOS), `num_samples`
+    forecast paths are sampled from the token distribution with `generate`, and decoded back to values; the point
+    forecast is their mean, the quantiles their deciles.
+    """
+
+    univariate = True
+
+    def native_horizon(self, model):
+        return int(chronos_settings(model).prediction_length)
+
+    def max_context(self, model):
+        return int(chronos_settings(model).context_length)
+
+    def fixed_context(self, model):
+        return False
+
+    def quantile_levels(self, model):
+        return [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+    def _forecast(self, model, past_values, past_observed_mask, freq):
+        import chronos
+
+        settings = chronos_settings(model)
+        tokenizer = settings.create_tokenizer()
+        series = with_nans(past_values[..., 0], past_observed_mask[..., 0]).float().cpu()
+        token_ids, attention_mask, scale = tokenizer.context_input_transform(series)
+        device = past_values.device
+        samples = chronos.ChronosModel(settings, model)(token_ids.to(device), attention_mask.to(device))
+        paths = tokenizer.output_transform(samples.cpu(), scale)  # (batch, num_samples, horizon)
+        levels = self.quantile_levels(model)
+        quantiles = torch.quantile(paths, torch.tensor(levels), dim=1).permute(1, 2, 0)[:, :, None]
+        return ModelForecast(mean=paths.mean(dim=1)[:, :, None], quantiles=quantiles, quantile_levels=levels)
+
+
+def training_inputs(model: nn.Module, features: list[dict], freq_index: int = 0) -> dict:
+    """Chronos: context and target tokenised with the checkpoint's tokenizer (target with the context's scale, EOS
+    appended); padding and missing target tokens are `-100` in `labels`, so the T5 cross-entropy skips them."""
+    settings = chronos_settings(model)
+    tokenizer = settings.create_tokenizer()
+    past, past_observed = observed_window(features, "past_values", univariate=True)
+    future, future_observed = observed_window(features, "future_values", univariate=True)
+    input_ids, attention_mask, scale = tokenizer.context_input_transform(with_nans(past, past_observed))
+    labels, labels_mask, _ = tokenizer._input_transform(with_nans(future, future_observed), scale=scale)
+    if settings.use_eos_token:
+        labels, labels_mask = tokenizer._append_eos_token(labels, labels_mask)
+    labels = labels.masked_fill(~labels_mask, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask.long(), "labels": labels}
+
+
+CHRONOS = register_family(
+    Family(
+        name="chronos",
+        spec=ArchitectureSpec(
+            name="chronos",
+            model_classes=("T5ForConditionalGeneration",),
+            groups=t5_groups(),
+            example_inputs=example_inputs,
+            forecast=forecast,
+        ),
+        adapter=ChronosAdapter(),
+        training_inputs=training_inputs,
+        label_names=("labels",),
+        base_config_class="transformers:T5Config",
+        base_model_class="transformers:T5ForConditionalGeneration",
+        model_types=("t5",),
+        pruned_config_class_name="PrunedChronosConfig",
+        pruned_model_class_name="PrunedChronosForConditionalGeneration",
+        extra_auto_classes=("AutoModelForSeq2SeqLM",),  # what `chronos.ChronosPipeline.from_pretrained` uses
+        requires="chronos",
+        install_hint=CHRONOS_INSTALL,
+        description="Chronos (Amazon): T5 over value tokens",
     )
 )

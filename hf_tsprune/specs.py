@@ -1,8 +1,8 @@
-"""Declarative architecture specs and their registry.
+"""Declarative architecture specs: the coupled groups of channels of one model family.
 
-A spec names, for one model class, the coupled groups of channels that can be removed together; the generic engine in
-`hf_tsprune.surgery` does every index computation, tensor slice and attribute update from it. Adding an architecture
-means writing one short spec file in this folder and calling `register_architecture`.
+A spec names, for one model family, the coupled groups of channels that can be removed together; the generic engine
+in `hf_tsprune.surgery` does every index computation, tensor slice and attribute update from it. Each family file in
+`hf_tsprune/families/` holds its spec and registers it with the rest of the family (`hf_tsprune.register_family`).
 
 Two kinds of group exist:
 
@@ -21,6 +21,7 @@ removing it changes what RMS/LayerNorm statistics are computed over, so no remov
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ class MLPGroup:
     module_classes: tuple[str, ...] = ()
 
     kind = "mlp"
+
+    def to_block(self) -> dict:
+        """The group as the plain dict a pruned checkpoint's configuration records (`hf_tsprune_blocks`)."""
+        return _to_block(self)
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,11 @@ class AttentionGroup:
 
     kind = "attention"
 
+    def to_block(self) -> dict:
+        """The group as the plain dict a pruned checkpoint's configuration records (`hf_tsprune_blocks`); the
+        attention forward by function name (the checkpoint's code holds the function)."""
+        return _to_block(self)
+
     def __post_init__(self):
         if self.kept_heads_attr is not None and self.v_head_dim_forward is None:
             raise ValueError(
@@ -121,15 +131,26 @@ class AttentionGroup:
 Group = MLPGroup | AttentionGroup
 
 
+def _to_block(group: Group) -> dict:
+    block = {"kind": group.kind}
+    for item in dataclasses.fields(group):
+        value = getattr(group, item.name)
+        if callable(value):
+            value = value.__name__
+        block[item.name] = list(value) if isinstance(value, tuple) else value
+    return block
+
+
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """Everything the engine needs to know about one model class.
+    """Everything the engine needs to know about one model family.
 
     Args:
-        model_type (`str`):
-            The `config.model_type` of the architecture (e.g. `"timesfm"`).
+        name (`str`):
+            The family (e.g. `"timesfm"`).
         model_classes (`tuple[str, ...]`):
-            Class names this spec applies to (e.g. `("TimesFmModelForPrediction",)`).
+            Class names this spec applies to (e.g. `("TimesFmModelForPrediction",)`); a subclass (such as the pruned
+            class) matches through its bases.
         groups (`tuple[Group, ...]`):
             The prunable groups, in the order the engine visits them (this order also breaks score ties).
         example_inputs (`Callable[[nn.Module, int], dict]`):
@@ -138,7 +159,7 @@ class ArchitectureSpec:
             Runs the model on `example_inputs` and returns the point forecast tensor (used by exactness checks).
     """
 
-    model_type: str
+    name: str
     model_classes: tuple[str, ...]
     groups: tuple[Group, ...]
     example_inputs: Callable
@@ -157,47 +178,15 @@ class ArchitectureSpec:
             )
         return found
 
+    def blocks(self) -> list[dict]:
+        """The groups as a pruned checkpoint's configuration records them (`hf_tsprune_blocks`)."""
+        return [group.to_block() for group in self.groups]
+
+    def attention_forwards(self) -> tuple[Callable, ...]:
+        """The attention forwards the groups use (`v_head_dim_forward`), each once."""
+        forwards = [getattr(g, "v_head_dim_forward", None) for g in self.groups]
+        return tuple(dict.fromkeys(f for f in forwards if f is not None))
+
 
 def _class_matches(module: nn.Module, class_names: tuple[str, ...]) -> bool:
     return not class_names or any(cls.__name__ in class_names for cls in type(module).__mro__)
-
-
-_REGISTRY: dict[str, ArchitectureSpec] = {}
-
-
-def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
-    """Registers `spec` for each of its model classes, so that every hf_tsprune entry point supports them."""
-    for class_name in spec.model_classes:
-        _REGISTRY[class_name] = spec
-    return spec
-
-
-def supported_model_classes() -> list[str]:
-    """Names of the model classes with a registered spec."""
-    return sorted(_REGISTRY)
-
-
-def get_spec(model: nn.Module) -> ArchitectureSpec:
-    """Returns the spec registered for `model`'s class (or the nearest registered base class).
-
-    Raises:
-        `TypeError` naming the supported classes and how to register a new one.
-    """
-    for cls in type(model).__mro__:
-        if cls.__name__ in _REGISTRY:
-            return _REGISTRY[cls.__name__]
-    raise TypeError(
-        f"hf_tsprune has no architecture spec for {type(model).__name__}. Supported: {', '.join(supported_model_classes())}. "
-        "To add one, describe its coupled groups with `hf_tsprune.architectures.ArchitectureSpec` (attention heads: "
-        "`AttentionGroup`, feed-forward channels: `MLPGroup`) and call `hf_tsprune.register_architecture(spec)`."
-    )
-
-
-def get_submodule(module: nn.Module, path: str) -> nn.Module:
-    return module.get_submodule(path)
-
-
-def set_submodule(module: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = module.get_submodule(parent_path) if parent_path else module
-    setattr(parent, name, new)

@@ -1,0 +1,300 @@
+"""Model families: everything hf_tsprune knows about one family, registered once under one key.
+
+A [`Family`] holds, for one model family (TimesFM, Chronos-Bolt, ...): the architecture spec (its coupled groups,
+`hf_tsprune.specs`), the forecast adapter (how it is called for a point forecast, its horizon and context limits,
+`hf_tsprune.adapters`), the training-input builder and label names (the forward arguments with which it computes its
+own loss, `hf_tsprune.training`), the base configuration and model classes its pruned classes extend, and the
+optional package it needs with the install hint. Each family lives in one file of `hf_tsprune/families/`, which
+ends with one [`register_family`] call; every lookup (by model, configuration, `model_type` or family name) goes
+through [`get_family`].
+
+A family whose package is missing is registered all the same, as unavailable: `import hf_tsprune` works with the core
+dependencies alone, [`supported_model_classes`] says which families are usable, and using an unavailable one raises an
+`ImportError` that names the package and how to install it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import keyword
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from torch import nn
+
+from .checkpoint_code import MODEL_TYPE_PREFIX
+from .specs import ArchitectureSpec
+
+__all__ = [
+    "Family",
+    "families",
+    "family_of",
+    "get_family",
+    "get_spec",
+    "register_family",
+    "supported_model_classes",
+]
+
+
+def import_object(path: str) -> Any:
+    """The object at `"package.module:Name"`."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True, eq=False)
+class Family:
+    """One model family, as [`register_family`] records it.
+
+    Args:
+        name (`str`):
+            The registry key (e.g. `"timesfm2_5"`): `config.base_model_type` of its pruned checkpoints, whose
+            `model_type` is `hf_tsprune_<name>`.
+        spec (`ArchitectureSpec`):
+            The coupled groups the engine prunes, the example inputs and the forecast used by exactness checks; its
+            `model_classes` are the class names that belong to the family (subclasses match through their bases).
+        adapter (`ForecastAdapter`):
+            How the family forecasts (`hf_tsprune.adapters`); the registry binds it to the family.
+        training_inputs (`Callable[[nn.Module, list[dict], int], dict]`):
+            Window features (and the TimesFM frequency index) -> the forward arguments with which the model computes
+            its own training loss, target included.
+        base_config_class (`str`), base_model_class (`str`):
+            `"module:Name"` of the configuration and model classes the pruned classes extend.
+        model_types (`tuple[str, ...]`):
+            The `config.model_type` values of the family's dense checkpoints (e.g. `("tinytimemixer",)`).
+        config_matches (`Callable[[PretrainedConfig], bool]`, *optional*):
+            For a `model_type` that several families share (Chronos and Chronos-Bolt: `"t5"`): whether a
+            configuration is of this family. The family of that `model_type` without it is the default.
+        label_names (`tuple[str, ...]`, defaults to `("future_values",)`):
+            `TrainingArguments.label_names`: the `training_inputs` key that holds the target.
+        trains_native_horizon (`bool`, defaults to `False`):
+            Whether the family's loss compares its whole native horizon with the target (TimesFM 1.x), so that
+            training windows have `native_horizon` target steps rather than the task's `prediction_length`.
+        pruned_config_class_name (`str`, *optional*), pruned_model_class_name (`str`, *optional*):
+            Names of the pruned classes; default `Pruned<base class name>`.
+        extra_auto_classes (`tuple[str, ...]`):
+            Further transformers Auto classes that load a pruned checkpoint (Chronos: `AutoModelForSeq2SeqLM`).
+        requires (`str`, *optional*):
+            The import name of the optional package the family needs (`"chronos"`, `"tsfm_public"`).
+        install_hint (`str`, *optional*):
+            How to install it, as the `ImportError` says.
+        description (`str`, *optional*):
+            One line for listings.
+    """
+
+    name: str
+    spec: ArchitectureSpec
+    adapter: Any
+    training_inputs: Callable[[nn.Module, list[dict], int], dict]
+    base_config_class: str
+    base_model_class: str
+    model_types: tuple[str, ...] = ()
+    config_matches: Callable[[Any], bool] | None = None
+    label_names: tuple[str, ...] = ("future_values",)
+    trains_native_horizon: bool = False
+    pruned_config_class_name: str | None = None
+    pruned_model_class_name: str | None = None
+    extra_auto_classes: tuple[str, ...] = ()
+    requires: str | None = None
+    install_hint: str | None = None
+    description: str = ""
+    _pruned: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def model_classes(self) -> tuple[str, ...]:
+        return self.spec.model_classes
+
+    @property
+    def config_class_name(self) -> str:
+        """The pruned configuration class' name."""
+        return self.pruned_config_class_name or "Pruned" + self.base_config_class.partition(":")[2]
+
+    @property
+    def model_class_name(self) -> str:
+        """The pruned model class' name."""
+        return self.pruned_model_class_name or "Pruned" + self.base_model_class.partition(":")[2]
+
+    @property
+    def pruned_model_type(self) -> str:
+        return MODEL_TYPE_PREFIX + self.name
+
+    @cached_property
+    def available(self) -> bool:
+        """Whether the family's optional package (if any) can be imported."""
+        if self.requires is None:
+            return True
+        try:
+            return importlib.util.find_spec(self.requires) is not None
+        except (ImportError, ValueError):
+            return False
+
+    def require(self) -> None:
+        """Imports the family's optional package, or raises an `ImportError` naming it and how to install it."""
+        if self.requires is None:
+            return
+        try:
+            importlib.import_module(self.requires)
+        except ImportError as error:
+            raise ImportError(
+                f"The {self.name} family ({', '.join(self.model_classes)}) needs the `{self.requires}` package, which "
+                f"is not installed: {self.install_hint or f'pip install {self.requires}'}."
+            ) from error
+
+    def base_classes(self) -> tuple[type, type]:
+        """The base configuration and model classes (imports the optional package)."""
+        self.require()
+        return import_object(self.base_config_class), import_object(self.base_model_class)
+
+    @property
+    def pruned_config_class(self) -> type:
+        """The pruned configuration class (built once, on first use)."""
+        return self._pruned_classes()[0]
+
+    @property
+    def pruned_model_class(self) -> type:
+        """The pruned model class (built once, on first use)."""
+        return self._pruned_classes()[1]
+
+    def _pruned_classes(self) -> tuple[type, type]:
+        if not self._pruned:
+            from .modeling import build_pruned_classes
+
+            self._pruned["classes"] = build_pruned_classes(self)
+        return self._pruned["classes"]
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Registers a model family under `family.name`, so that every hf_tsprune entry point supports it.
+
+    One validated call fills every lookup: the spec, the adapter, the training inputs and the pruned classes are found
+    through it from a model, a configuration, a `model_type` or the family name.
+
+    Raises:
+        `ValueError`: the name is taken or not an identifier, a model class or `model_type` already belongs to another
+            family (without `config_matches` to tell them apart), or the spec's name differs from the family's.
+    """
+    name = family.name
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise ValueError(f"Family name {name!r} must be a Python identifier (it becomes part of a `model_type`).")
+    if name in _FAMILIES:
+        raise ValueError(f"A model family {name!r} is registered already ({_FAMILIES[name].description or name}).")
+    if family.spec.name != name:
+        raise ValueError(f"Family {name!r} holds the spec of {family.spec.name!r}: give both the same name.")
+    if not family.spec.groups:
+        raise ValueError(f"Family {name!r}: its spec names no prunable group.")
+    for other in _FAMILIES.values():
+        shared = set(other.model_classes) & set(family.model_classes)
+        if shared:
+            raise ValueError(f"Family {name!r}: the model classes {sorted(shared)} belong to {other.name!r} already.")
+        shared_types = set(other.model_types) & set(family.model_types)
+        if shared_types and other.config_matches is None and family.config_matches is None:
+            raise ValueError(
+                f"Family {name!r}: the model types {sorted(shared_types)} belong to {other.name!r} already; give one "
+                "of them `config_matches` to tell their configurations apart."
+            )
+    family.adapter.bind(family)
+    _FAMILIES[name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    """Every registered family by name (available or not)."""
+    return dict(_FAMILIES)
+
+
+def supported_model_classes() -> dict[str, bool]:
+    """Model class name -> whether its family is usable here (its optional package is installed)."""
+    return {cls: family.available for family in _FAMILIES.values() for cls in family.model_classes}
+
+
+def _supported() -> str:
+    return ", ".join(
+        f"{cls} ({family.name}{'' if family.available else ', needs ' + str(family.requires)})"
+        for family in _FAMILIES.values()
+        for cls in family.model_classes
+    )
+
+
+def _by_model_type(model_type: str, config: Any = None) -> Family | None:
+    candidates = [f for f in _FAMILIES.values() if model_type in f.model_types]
+    if config is not None:
+        for family in candidates:
+            if family.config_matches is not None and family.config_matches(config):
+                return family
+    return next((f for f in candidates if f.config_matches is None), None)
+
+
+def family_of(model_or_config: nn.Module | Any | str) -> str | None:
+    """The family name of a model, a configuration, a `model_type` string or a family name (`None`: unknown).
+
+    A model is matched by its class (or a base class); a configuration by `base_model_type` (pruned checkpoints) or
+    `model_type` (Chronos and Chronos-Bolt share `"t5"`: a `chronos_config` with `input_patch_size` is Bolt's).
+    """
+    if isinstance(model_or_config, str):
+        name = model_or_config.removeprefix(MODEL_TYPE_PREFIX)  # a pruned checkpoint's `model_type`
+        if name in _FAMILIES:
+            return name
+        family = _by_model_type(model_or_config)
+        return family.name if family is not None else None
+    if isinstance(model_or_config, nn.Module):
+        for cls in type(model_or_config).__mro__:
+            for family in _FAMILIES.values():
+                if cls.__name__ in family.model_classes:
+                    return family.name
+        config = getattr(model_or_config, "config", None)
+    else:
+        config = model_or_config
+    base_model_type = getattr(config, "base_model_type", None)
+    if base_model_type in _FAMILIES:  # a pruned hf_tsprune checkpoint: its family
+        return base_model_type
+    model_type = getattr(config, "model_type", None)
+    family = _by_model_type(model_type, config) if model_type else None
+    return family.name if family is not None else None
+
+
+def get_family(model_or_config: nn.Module | Any | str, require: bool = True) -> Family:
+    """The registered family of a model, a configuration, a `model_type` string or a family name.
+
+    Args:
+        model_or_config: what to look up (see [`family_of`]).
+        require (`bool`, defaults to `True`): raise an `ImportError` when the family's optional package is missing.
+
+    Raises:
+        `TypeError`: no registered family; the message lists the supported classes and how to add a family.
+        `ImportError`: the family's package is not installed (with `require`); the message says how to install it.
+    """
+    name = family_of(model_or_config)
+    if name is None:
+        what = model_or_config if isinstance(model_or_config, str) else type(model_or_config).__name__
+        raise TypeError(
+            f"hf_tsprune has no model family for {what!r}. Supported: {_supported()}. To add one, write a family file "
+            "(its coupled groups as an `ArchitectureSpec` of `AttentionGroup`s and `MLPGroup`s, a forecast adapter and "
+            "training inputs) and call `hf_tsprune.register_family(Family(...))`."
+        )
+    family = _FAMILIES[name]
+    if require:
+        family.require()
+    return family
+
+
+def get_spec(model: nn.Module) -> ArchitectureSpec:
+    """The architecture spec of `model`'s family, matched by its class (or a base class, e.g. a pruned class).
+
+    Raises:
+        `TypeError` naming the supported classes and how to register a new family.
+    """
+    for cls in type(model).__mro__:
+        for family in _FAMILIES.values():
+            if cls.__name__ in family.model_classes:
+                return family.spec
+    raise TypeError(
+        f"hf_tsprune has no architecture spec for {type(model).__name__}. Supported: {_supported()}. To add one, "
+        "describe its coupled groups with `hf_tsprune.ArchitectureSpec` (attention heads: `AttentionGroup`, "
+        "feed-forward channels: `MLPGroup`) in a family file and call `hf_tsprune.register_family(Family(...))`."
+    )

@@ -1,1 +1,0 @@
-"""Self-contained pruned configuration/model classes, copied beside the weights of every pruned checkpoint."""
