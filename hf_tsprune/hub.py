@@ -8,7 +8,7 @@
   model, the per-layer kept units, latency, and the paper's citation.
 - [`plot_kept_units`] draws the per-layer kept-units heatmap (matplotlib, no pyplot state).
 - [`save_model_card`] writes `README.md` and the heatmap into a folder; [`write_model_card`] does it beside a saved
-  checkpoint, from a prune-then-finetune results dict.
+  checkpoint, from a recipe run's `RunResult` (or its `results.json` dict).
 - [`push_pruned_to_hub`] saves the pruned checkpoint, the card and the heatmap to a temporary folder and uploads them
   in one commit with `HfApi.upload_folder`; [`push_folder_to_hub`] uploads an existing folder the same way.
 """
@@ -32,8 +32,9 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constan
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from torch import nn
 
-from .family import get_family, get_spec
-from .modeling import is_pruned_config, save_pruned
+from .architectures import get_spec
+from .modeling import PRUNED_CONFIG_CLASSES, PRUNED_MODEL_CLASSES, _base_class, save_pruned
+from .results import RunResult
 from .surgery import PruningPlan
 
 try:  # huggingface_hub >= 2 talks HTTP through httpx2, earlier releases through httpx
@@ -190,7 +191,7 @@ def _base_license(base_model: str | None, revision: str | None, token: str | boo
 def _pruned_config(model_or_config: Any):
     """The pruned configuration of a pruned model (or the configuration itself)."""
     config = model_or_config.config if isinstance(model_or_config, nn.Module) else model_or_config
-    if not is_pruned_config(config):
+    if not isinstance(config, tuple(PRUNED_CONFIG_CLASSES.values())):
         raise ValueError(
             f"{type(model_or_config).__name__} is not a pruned model: convert it with `hf_tsprune.to_pruned_model("
             "model, base_model=..., pruning_config=..., plan=...)` (or save it with `hf_tsprune.save_pruned`) first."
@@ -401,7 +402,8 @@ def make_model_card(
         every = results_list + [r for v in baseline_lists.values() for r in v]
         datasets = list(dict.fromkeys(r.dataset_id for r in every if r.dataset_id))
     name = model_name or (repo_id.split("/")[-1] if repo_id else f"{config.base_model_type}-pruned")
-    family = get_family(config.base_model_type, require=False)
+    model_class = PRUNED_MODEL_CLASSES[config.base_model_type]
+    base_class = _base_class(model_class)
     tags = list(dict.fromkeys(["hf_tsprune", "pruning", "structured-pruning", "time-series", config.base_model_type,
                                *(tags or [])]))  # fmt: skip
     summary = {
@@ -443,9 +445,9 @@ def make_model_card(
         "base_model": base_model,
         "base_model_url": f"https://huggingface.co/{base_id}" if base_id else None,
         "base_model_revision": config.base_model_revision,
-        "architecture": family.model_classes[0],
-        "model_class": family.model_class_name,
-        "base_class": family.model_classes[0],
+        "architecture": base_class.__name__,
+        "model_class": model_class.__name__,
+        "base_class": base_class.__name__,
         "sparsity": pruning.get("sparsity") or 0.0,
         "params_before": pruning.get("params_before"),
         "params_after": pruning.get("params_after"),
@@ -541,7 +543,7 @@ def describe_device(model: nn.Module | None = None) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-_PIPELINE_STAGES = {  # results-dict key -> table label
+_PIPELINE_STAGES = {  # RunResult stage -> table label
     "finetuned": "pruned + finetuned",
     "pruned": "pruned",
     "zero_shot": "base zero-shot",
@@ -549,36 +551,43 @@ _PIPELINE_STAGES = {  # results-dict key -> table label
 }
 
 
-def _pipeline_results(results: Mapping[str, Any]) -> dict[str, Any]:
-    """`make_model_card` arguments from a prune-then-finetune results dict (`hf_tsprune.pipeline`): per stage
-    (`zero_shot`, `pruned`, `finetuned`, `full_finetune`) a dict of per-split metrics, beside `dataset`,
-    `prediction_length`, `context_length` (and optionally `dataset_id`, `latency`)."""
-    common = {k: results[k] for k in ("dataset", "prediction_length", "context_length", "dataset_id") if k in results}
+def _pipeline_results(results: RunResult | Mapping[str, Any]) -> dict[str, Any]:
+    """`make_model_card` arguments from a run's [`~hf_tsprune.results.RunResult`] (or its `results.json` dict): per
+    stage (`zero_shot`, `pruned`, `finetuned`, `full_finetune`) its test figures on `dataset` at `prediction_length`
+    and `context_length` (and optionally `dataset_id`, `latency`)."""
+    run = results if isinstance(results, RunResult) else RunResult.from_dict(results)
+    stage_figures = run.stages()
     stages = {
-        label: _as_results({**common, **results[key]})
+        label: [
+            ForecastResult(
+                dataset=str(run.dataset), horizon=int(run.prediction_length), mse=float(stage.test.mse),
+                mae=float(stage.test.mae), split="test", dataset_id=run.dataset_id,
+                context_length=None if run.context_length is None else int(run.context_length),
+            )
+        ]
         for key, label in _PIPELINE_STAGES.items()
-        if isinstance(results.get(key), Mapping)
-    }
+        if (stage := stage_figures.get(key)) is not None
+    }  # fmt: skip
     main = "pruned + finetuned" if "pruned + finetuned" in stages else "pruned"
     kwargs: dict[str, Any] = {"results": stages.pop(main, None), "results_label": main, "baselines": stages}
-    if isinstance(results.get("latency"), Mapping):
-        kwargs["latency"] = results["latency"]
+    if isinstance(run.latency, Mapping):
+        kwargs["latency"] = run.latency
     return kwargs
 
 
 def write_model_card(
-    save_directory: str | os.PathLike, results: Mapping[str, Any] | None = None, **card_kwargs
+    save_directory: str | os.PathLike, results: RunResult | Mapping[str, Any] | None = None, **card_kwargs
 ) -> ModelCard | None:
     """Writes `README.md` and the kept-units heatmap beside a saved pruned checkpoint (only its `config.json` is read).
 
     Args:
         save_directory (`str` or `os.PathLike`):
             The checkpoint folder (written by `save_pruned` or a pruned model's `save_pretrained`).
-        results (`dict`, *optional*):
-            A prune-then-finetune results dict: per stage (`zero_shot`, `pruned`, `finetuned`, `full_finetune`) a
-            dict of per-split metrics (`{"test": {"mse": ..., "mae": ...}}`), beside `dataset`, `prediction_length`
-            and `context_length`. The finetuned (else pruned) results become the card's own results, the others
-            its comparison columns.
+        results ([`~hf_tsprune.results.RunResult`] or `dict`, *optional*):
+            A recipe run's outcome, or its `results.json` dict: per stage (`zero_shot`, `pruned`, `finetuned`,
+            `full_finetune`) the test figures (`{"test": {"mse": ..., "mae": ..., "n_windows": ...}}`), beside
+            `dataset`, `prediction_length` and `context_length`. The finetuned (else pruned) results become the card's
+            own results, the others its comparison columns.
         card_kwargs:
             Passed to [`make_model_card`] (they override what `results` gives).
 
@@ -588,7 +597,7 @@ def write_model_card(
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(save_directory)
-    if not is_pruned_config(config):
+    if not isinstance(config, tuple(PRUNED_CONFIG_CLASSES.values())):
         logger.warning("%s holds an unpruned %s checkpoint: no model card written.", save_directory, config.model_type)
         return None
     kwargs = {**_pipeline_results(results), **card_kwargs} if results else card_kwargs

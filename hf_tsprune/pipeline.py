@@ -2,7 +2,14 @@
 
 data → zero-shot test → prune run (Trainer + PruningCallback, weights frozen, dropout off, best mask set by
 validation) → shrink → finetune (fresh Trainer, early stopping on validation; all weights or LoRA) → test → save.
-Each function does one stage and returns plain figures, so `recipes/prune_finetune.py` reads top to bottom.
+Each function does one stage, so `recipes/prune_finetune.py` reads top to bottom.
+
+A recipe's settings are one dataclass ([`TaskArguments`], [`PruneFinetuneArguments`]) parsed once by
+[`parse_arguments`] (flags over an optional `--config` YAML file); each stage takes it whole and builds its
+`TrainingArguments` from it ([`stage_training_arguments`]). The task horizon is `prediction_length` throughout; the
+training and validation windows have targets of `training_target_length` steps (the family's training horizon,
+longer than `prediction_length` only for TimesFM 1.x). The run's outcome is a [`RunResult`]
+(`hf_tsprune.results`), which [`save_outputs`] and [`print_summary`] read and `results.json` serialises.
 """
 
 from __future__ import annotations
@@ -23,12 +30,13 @@ from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
 from .callback import BestWeightsCallback, PruningCallback
-from .data import get_window_source, timesfm_frequency_index
+from .data import build_window_datasets, get_window_source, load_time_series, timesfm_frequency_index
 from .evaluation import evaluate_forecaster
 from .masks import install_masks
+from .results import MaskSetResult, RunResult, SplitMetrics
 from .scoring import PruningConfig
 from .surgery import PruningPlan, shrink
-from .training import ForecastCollator, dropout_disabled, training_label_names
+from .training import ForecastCollator, dropout_disabled, training_horizon, training_label_names
 
 logger = logging.get_logger(__name__)
 
@@ -53,181 +61,8 @@ class StageTimer:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Parameters of `model`, its pruning masks excluded."""
     return sum(p.numel() for n, p in model.named_parameters() if not n.endswith("hf_tsprune_mask"))
-
-
-def test_metrics(
-    model: nn.Module, dataset: datasets.Dataset, prediction_length: int, batch_size: int, desc: str
-) -> dict:
-    """MSE/MAE (scaled) and the window count on a split, with the LTSF protocol of [`hf_tsprune.evaluation`]."""
-    result = evaluate_forecaster(
-        model, dataset, prediction_length=prediction_length, batch_size=batch_size, desc=desc, metrics=("mse", "mae")
-    )
-    return {"mse": float(result["mse"]), "mae": float(result["mae"]), "n_windows": int(result["n_windows"])}
-
-
-def _freq_index(dataset: datasets.Dataset) -> int:
-    return timesfm_frequency_index(get_window_source(dataset).freq)
-
-
-def _training_arguments(
-    output_dir: str,
-    model: nn.Module,
-    *,
-    epochs: float,
-    batch_size: int,
-    gradient_accumulation_steps: int,
-    eval_steps: int | None,
-    seed: int,
-    use_cpu: bool,
-    disable_tqdm: bool | None,
-    **overrides: Any,
-) -> TrainingArguments:
-    """The settings both stages share: the family's label names, evaluation every `eval_steps` (else every epoch)."""
-    defaults = dict(
-        label_names=training_label_names(model),
-        remove_unused_columns=False,
-        report_to=[],
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        logging_first_step=True,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        eval_strategy="steps" if eval_steps else "epoch",
-        eval_steps=eval_steps,
-        logging_steps=max(1, (eval_steps or 10) // 2),
-        seed=seed,
-        use_cpu=use_cpu,
-        disable_tqdm=disable_tqdm,
-    )
-    defaults.update(overrides)
-    return TrainingArguments(output_dir, **defaults)
-
-
-@dataclass
-class PruneResult:
-    plan: PruningPlan
-    best_step: int | None
-    best_eval_loss: float | None
-    best_sparsity: float | None
-    history: list[dict]
-
-
-def prune_stage(
-    model: nn.Module,
-    train_dataset: datasets.Dataset,
-    eval_dataset: datasets.Dataset,
-    pruning_config: PruningConfig,
-    output_dir: str,
-    *,
-    epochs: float,
-    batch_size: int,
-    gradient_accumulation_steps: int = 1,
-    eval_steps: int | None = None,
-    round_to: int = 1,
-    seed: int = 42,
-    use_cpu: bool = False,
-    resume_from_checkpoint: str | None = None,
-    disable_tqdm: bool | None = None,
-) -> PruneResult:
-    """Prune run: masks on, weights frozen, dropout off; keeps the best-validation mask set; then shrinks.
-
-    Shrinking happens after `train()` returns, on the unwrapped model (never inside the running Trainer).
-    """
-    install_masks(model)
-    callback = PruningCallback(pruning_config, resume_from_checkpoint=resume_from_checkpoint)
-    shared = dict(gradient_accumulation_steps=gradient_accumulation_steps, eval_steps=eval_steps, seed=seed)
-    args = _training_arguments(
-        output_dir, model, epochs=epochs, batch_size=batch_size, use_cpu=use_cpu, disable_tqdm=disable_tqdm, **shared,
-        save_strategy="steps" if eval_steps else "epoch",  # every prune-run checkpoint can be resumed from
-        save_steps=eval_steps,
-        max_grad_norm=0.0,  # clipping would rescale the mask gradients, hence the Taylor scores
-        learning_rate=1e-3,  # only masks are trainable, and their gradients are dropped after scoring
-        weight_decay=0.0,
-    )  # fmt: skip
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=ForecastCollator(model, _freq_index(train_dataset)),
-        callbacks=[callback],
-    )
-    with dropout_disabled(model):
-        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    plan = shrink(trainer.model if not hasattr(trainer.model, "module") else trainer.model.module, round_to=round_to)
-    return PruneResult(plan, callback.best_step, callback.best_metric, callback.best_sparsity, callback.history)
-
-
-def lora_target_modules(model: nn.Module) -> list[str]:
-    """Full names of every non-empty `nn.Linear` of the model (LoRA targets after a shrink)."""
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and module.in_features > 0 and module.out_features > 0
-    ]
-
-
-def finetune_stage(
-    model: nn.Module,
-    train_dataset: datasets.Dataset,
-    eval_dataset: datasets.Dataset,
-    output_dir: str,
-    *,
-    epochs: float,
-    batch_size: int,
-    learning_rate: float,
-    gradient_accumulation_steps: int = 1,
-    eval_steps: int | None = None,
-    early_stopping_patience: int = 3,
-    weight_decay: float = 0.0,
-    lora_rank: int = 0,
-    lora_alpha: float | None = None,
-    seed: int = 42,
-    use_cpu: bool = False,
-    disable_tqdm: bool | None = None,
-) -> tuple[nn.Module, dict]:
-    """Finetunes with a fresh Trainer and early stopping on validation loss; LoRA (merged afterwards) if `lora_rank`.
-
-    Returns:
-        The finetuned model (LoRA merged into plain weights) and `{"best_eval_loss", "steps"}`.
-    """
-    for param in model.parameters():
-        param.requires_grad_(True)
-    trained = model
-    if lora_rank:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, target_modules=lora_target_modules(model)
-        )
-        trained = get_peft_model(model, lora)
-    best_weights = BestWeightsCallback("eval_loss", patience=early_stopping_patience)
-    shared = dict(gradient_accumulation_steps=gradient_accumulation_steps, eval_steps=eval_steps, seed=seed)
-    args = _training_arguments(
-        output_dir, trained, epochs=epochs, batch_size=batch_size, use_cpu=use_cpu, disable_tqdm=disable_tqdm, **shared,
-        save_strategy="no",  # the best weights are kept in memory (BestWeightsCallback)
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-    )  # fmt: skip
-    trainer = Trainer(
-        model=trained,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=ForecastCollator(trained, _freq_index(train_dataset)),
-        callbacks=[best_weights],
-    )
-    trainer.train()
-    best = best_weights.best_metric
-    if lora_rank:
-        model = trained.merge_and_unload()
-    model.eval()
-    return model, {"best_eval_loss": None if best is None else float(best), "steps": trainer.state.global_step}
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:
@@ -246,7 +81,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-# -- recipe plumbing: arguments, output folder, model and data loading, saving, summary ------------------------------
+# -- settings: one dataclass per recipe, parsed once ------------------------------------------------------------------
 
 REFERENCE_MODEL_DIR = os.path.join(os.path.dirname(__file__), "reference_model")
 """The bundled reference model (the recipes' offline default)."""
@@ -262,7 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class TaskArguments:
-    """Task, data and run settings shared by the recipes."""
+    """Task, data and run settings shared by the recipes, and the finetune stage's settings."""
 
     model_name_or_path: str = field(
         default=REFERENCE_MODEL_DIR,
@@ -308,27 +143,88 @@ class TaskArguments:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/timesfm-pruned-etth1).")
 
 
-def parse_arguments(dataclass_type: type, argv: list[str] | None = None):
-    """Parses `dataclass_type` from the command line; `--config file.yaml` supplies defaults that flags override."""
+@dataclass
+class PruneFinetuneArguments(TaskArguments):
+    """Prune-run settings (task, data, finetune and run settings are inherited from `TaskArguments`)."""
+
+    ratio_per_epoch: float = field(default=0.3, metadata={"help": "Fraction of alive channels pruned per epoch."})
+    ema: float = field(default=0.3, metadata={"help": "EMA weight of the newest Taylor scores, in (0, 1]."})
+    max_sparsity: float = field(default=0.9, metadata={"help": "Stop pruning at this fraction of channels."})
+    prune_epochs: float = field(default=1.0, metadata={"help": "Epochs of the prune run."})
+    cost_normalized: bool = field(default=False, metadata={"help": "Rank channels by score per parameter removed."})
+    round_to: int = field(default=1, metadata={"help": "Keep feed-forward widths a multiple of this."})
+    min_units_per_group: int = field(default=1, metadata={"help": "Channels each group keeps at least."})
+    grid: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Grid chosen on validation loss, e.g. "ratio_per_epoch=0.2,0.4 ema=0.3,0.7 learning_rate=1e-4,5e-4".'
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.pruning_config()  # a bad prune setting fails here, before any work
+
+    def pruning_config(self) -> PruningConfig:
+        """The [`PruningConfig`] of these settings (the callback's part of them)."""
+        return PruningConfig(
+            ratio_per_epoch=self.ratio_per_epoch, ema=self.ema, max_sparsity=self.max_sparsity,
+            cost_normalized=self.cost_normalized, round_to=self.round_to, min_units_per_group=self.min_units_per_group,
+        )  # fmt: skip
+
+
+def parse_arguments(
+    dataclass_types: type | tuple[type, ...], argv: list[str] | None = None, defaults: dict[str, Any] | None = None
+):
+    """Parses a recipe's settings dataclass(es) from the command line, once, for every recipe.
+
+    Precedence, lowest first: the dataclass defaults, `defaults`, the `--config file.yaml` settings, the flags. A YAML
+    `null` leaves a setting at its default; a YAML list given for a single-valued setting becomes a comma-separated
+    value (`metrics: [mse, mae]` is `mse,mae`). String values are converted as flags are.
+
+    Args:
+        dataclass_types (`type` or `tuple[type, ...]`):
+            The settings dataclass, or several (e.g. with `TrainingArguments`); their field names must differ.
+        argv (`list[str]`, *optional*): The arguments; `sys.argv[1:]` by default.
+        defaults (`dict`, *optional*): The recipe's own defaults, under the YAML settings and the flags.
+
+    Returns:
+        One instance per dataclass: the instance itself for one type, a tuple for several.
+
+    Raises:
+        `ValueError`: a YAML setting that no dataclass has, or a `--config` without a file.
+    """
     import yaml
     from transformers import HfArgumentParser
 
+    types = dataclass_types if isinstance(dataclass_types, tuple) else (dataclass_types,)
     argv = list(sys.argv[1:] if argv is None else argv)
-    defaults = {}
-    if "--config" in argv:
-        position = argv.index("--config")
-        path = argv[position + 1]
-        del argv[position : position + 2]
+    settings = dict(defaults or {})
+    config_flags = [i for i, item in enumerate(argv) if item == "--config" or item.startswith("--config=")]
+    if config_flags:
+        position = config_flags[-1]
+        if argv[position] == "--config":
+            if position + 1 >= len(argv):
+                raise ValueError("`--config` needs a YAML file path.")
+            path = argv[position + 1]
+            del argv[position : position + 2]
+        else:
+            path = argv.pop(position).partition("=")[2]
         with open(path) as f:
-            defaults = yaml.safe_load(f) or {}
-        known = {f.name for f in dataclasses.fields(dataclass_type)}
-        unknown = set(defaults) - known
+            from_file = yaml.safe_load(f) or {}
+        known = {f.name for t in types for f in dataclasses.fields(t)}
+        unknown = set(from_file) - known
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(known)}.")
-    parser = HfArgumentParser(dataclass_type)
-    parser.set_defaults(**defaults)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    return args
+        settings.update({key: value for key, value in from_file.items() if value is not None})
+    parser = HfArgumentParser(types)
+    for key, value in settings.items():
+        action = parser._option_string_actions.get(f"--{key}")
+        if isinstance(value, (list, tuple)) and action is not None and action.nargs not in ("+", "*"):
+            settings[key] = ",".join(map(str, value))
+    parser.set_defaults(**settings)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    return parsed[0] if len(types) == 1 else tuple(parsed)
 
 
 def prepare_output_dir(args: TaskArguments, is_main_process: bool = True) -> None:
@@ -341,6 +237,9 @@ def prepare_output_dir(args: TaskArguments, is_main_process: bool = True) -> Non
         )
     if is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+
+
+# -- model and data ---------------------------------------------------------------------------------------------------
 
 
 def load_model(model_name_or_path: str) -> nn.Module:
@@ -357,25 +256,53 @@ def load_model(model_name_or_path: str) -> nn.Module:
     return model
 
 
-def load_data(args: TaskArguments, model: nn.Module) -> dict[str, datasets.Dataset]:
-    """Train/validation windows at the family's training horizon and test windows at `prediction_length`."""
-    from .adapters import get_adapter
-    from .data import load_forecasting_dataset
-    from .training import training_horizon
+@dataclass
+class TaskData:
+    """The windows of one run, cut from one read of the data.
 
-    horizon = training_horizon(model, args.prediction_length)
-    keep_channel_axis = not get_adapter(model).univariate
-    common = dict(
-        context_length=args.context_length,
-        data_dir=args.data_dir,
-        target=args.target,
-        keep_channel_axis=keep_channel_axis,
+    Args:
+        train (`datasets.Dataset`): Training windows, with targets of `training_target_length` steps.
+        validation (`datasets.Dataset`): Validation windows, with targets of `training_target_length` steps.
+        test (`datasets.Dataset`): Test windows (stride 1, the protocol), with targets of `prediction_length` steps.
+        prediction_length (`int`): The task horizon: the steps every test figure scores.
+        training_target_length (`int`): Target steps of the training and validation windows: the family's training
+            horizon for `prediction_length` (`hf_tsprune.training.training_horizon`).
+    """
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    test: datasets.Dataset
+    prediction_length: int
+    training_target_length: int
+
+    @property
+    def freq_index(self) -> int:
+        """TimesFM's frequency category of the data (the collator's `freq_index`)."""
+        return timesfm_frequency_index(get_window_source(self.train).freq)
+
+
+def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
+    """Reads the series once and cuts train/validation windows with `training_target_length` targets and test windows
+    with `prediction_length` targets from them."""
+    from .adapters import get_adapter
+
+    training_target_length = training_horizon(model, args.prediction_length)
+    collection = load_time_series(args.dataset, data_dir=args.data_dir, target=args.target)
+    windows = dict(context_length=args.context_length, keep_channel_axis=not get_adapter(model).univariate)
+    training = build_window_datasets(
+        collection, prediction_length=training_target_length, stride=args.train_stride,
+        eval_stride=args.validation_stride, splits=("train", "validation"), **windows,
+    )  # fmt: skip
+    test = build_window_datasets(
+        collection, prediction_length=args.prediction_length, eval_stride=1, splits=("test",), **windows
     )
-    train = load_forecasting_dataset(
-        args.dataset, prediction_length=horizon, stride=args.train_stride, eval_stride=args.validation_stride, **common
+    return TaskData(
+        train=training["train"],
+        validation=training["validation"],
+        test=test["test"],
+        prediction_length=args.prediction_length,
+        training_target_length=training_target_length,
     )
-    test = load_forecasting_dataset(args.dataset, prediction_length=args.prediction_length, eval_stride=1, **common)
-    return {"train": train["train"], "validation": train["validation"], "test": test["test"]}
 
 
 def example_inputs(model: nn.Module) -> dict:
@@ -385,15 +312,201 @@ def example_inputs(model: nn.Module) -> dict:
     return get_spec(model).example_inputs(model, 1, generator=torch.Generator().manual_seed(0))
 
 
-def save_outputs(args: TaskArguments, model: nn.Module, plan: PruningPlan | None, results: dict) -> str:
+def test_metrics(model: nn.Module, data: TaskData, batch_size: int, desc: str) -> SplitMetrics:
+    """MSE/MAE (scaled) and the window count on the test split over `prediction_length` steps, with the LTSF protocol
+    of [`hf_tsprune.evaluation`]."""
+    result = evaluate_forecaster(
+        model, data.test, prediction_length=data.prediction_length, batch_size=batch_size, desc=desc,
+        metrics=("mse", "mae"),
+    )  # fmt: skip
+    return SplitMetrics(mse=float(result["mse"]), mae=float(result["mae"]), n_windows=int(result["n_windows"]))
+
+
+# -- stages -----------------------------------------------------------------------------------------------------------
+
+STAGE_TRAINER_SETTINGS = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "eval_steps",
+    "seed",
+    "use_cpu",
+    "disable_tqdm",
+)
+"""[`TaskArguments`] fields that are `TrainingArguments` fields of the same name and meaning in both stages."""
+
+
+def stage_training_arguments(
+    args: TaskArguments, output_dir: str, model: nn.Module, **stage_settings: Any
+) -> TrainingArguments:
+    """The `TrainingArguments` of a stage: the settings both stages share, read from `args`, then the stage's own.
+
+    Args:
+        args ([`TaskArguments`]): The run's settings; the [`STAGE_TRAINER_SETTINGS`] fields are taken as they are.
+        output_dir (`str`): The stage's folder.
+        model (`nn.Module`): The model the stage trains (its family gives the label names).
+        stage_settings: The stage's own `TrainingArguments` settings (epochs, learning rate, saving, ...).
+    """
+    settings = {name: getattr(args, name) for name in STAGE_TRAINER_SETTINGS}
+    settings.update(
+        label_names=training_label_names(model),
+        remove_unused_columns=False,
+        report_to=[],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        logging_first_step=True,
+        per_device_eval_batch_size=args.per_device_train_batch_size,  # validation loss in training-sized batches
+        eval_strategy="steps" if args.eval_steps else "epoch",
+        logging_steps=max(1, (args.eval_steps or 10) // 2),
+    )
+    settings.update(stage_settings)
+    return TrainingArguments(output_dir, **settings)
+
+
+@dataclass
+class PruneResult:
+    """What the prune run kept.
+
+    Args:
+        plan (`PruningPlan`): The shrink of the best-validation mask set.
+        best_step (`int`, *optional*): Optimizer step of that mask set.
+        best_eval_loss (`float`, *optional*): Its validation loss.
+        best_sparsity (`float`, *optional*): Fraction of channels it removes.
+        history (`list[dict]`): Every evaluated mask set (`step`, `sparsity`, metric).
+    """
+
+    plan: PruningPlan
+    best_step: int | None
+    best_eval_loss: float | None
+    best_sparsity: float | None
+    history: list[dict]
+
+    def best_mask_set(self) -> MaskSetResult:
+        return MaskSetResult(step=self.best_step, eval_loss=self.best_eval_loss, sparsity=self.best_sparsity)
+
+
+def prune_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments, output_dir: str) -> PruneResult:
+    """Prune run: masks on, weights frozen, dropout off; keeps the best-validation mask set; then shrinks.
+
+    Shrinking happens after `train()` returns, on the unwrapped model (never inside the running Trainer).
+
+    Args:
+        model (`nn.Module`): The model, pruned and shrunk in place.
+        data ([`TaskData`]): Train and validation windows.
+        args ([`PruneFinetuneArguments`]): The run's settings (`pruning_config()`, `prune_epochs`, `round_to`,
+            `resume_from_checkpoint` and the shared trainer settings).
+        output_dir (`str`): Folder of the prune run's checkpoints.
+    """
+    install_masks(model)
+    callback = PruningCallback(args.pruning_config(), resume_from_checkpoint=args.resume_from_checkpoint)
+    training_args = stage_training_arguments(
+        args, output_dir, model,
+        num_train_epochs=args.prune_epochs,
+        save_strategy="steps" if args.eval_steps else "epoch",  # every prune-run checkpoint can be resumed from
+        save_steps=args.eval_steps,
+        max_grad_norm=0.0,  # clipping would rescale the mask gradients, hence the Taylor scores
+        learning_rate=1e-3,  # only masks are trainable, and their gradients are dropped after scoring
+        weight_decay=0.0,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=ForecastCollator(model, data.freq_index),
+        callbacks=[callback],
+    )
+    with dropout_disabled(model):
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    unwrapped = trainer.model if not hasattr(trainer.model, "module") else trainer.model.module
+    plan = shrink(unwrapped, round_to=args.round_to)
+    return PruneResult(plan, callback.best_step, callback.best_metric, callback.best_sparsity, callback.history)
+
+
+def lora_target_modules(model: nn.Module) -> list[str]:
+    """Full names of every non-empty `nn.Linear` of the model (LoRA targets after a shrink)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module.in_features > 0 and module.out_features > 0
+    ]
+
+
+@dataclass
+class FinetuneResult:
+    """How the finetune went.
+
+    Args:
+        best_eval_loss (`float`, *optional*): Best validation loss (its weights are the ones kept).
+        steps (`int`): Optimizer steps run.
+    """
+
+    best_eval_loss: float | None
+    steps: int
+
+
+def finetune_stage(
+    model: nn.Module, data: TaskData, args: TaskArguments, output_dir: str
+) -> tuple[nn.Module, FinetuneResult]:
+    """Finetunes with a fresh Trainer and early stopping on validation loss; LoRA (merged afterwards) if `lora_rank`.
+
+    Args:
+        model (`nn.Module`): The model to finetune (all its weights are made trainable).
+        data ([`TaskData`]): Train and validation windows.
+        args ([`TaskArguments`]): The run's settings (`learning_rate`, `finetune_epochs`, `early_stopping_patience`,
+            `lora_rank` and the shared trainer settings); no weight decay, LoRA alpha twice the rank.
+        output_dir (`str`): The finetune's folder (nothing is saved there: the best weights are kept in memory).
+
+    Returns:
+        The finetuned model (LoRA merged into plain weights) and its [`FinetuneResult`].
+    """
+    for param in model.parameters():
+        param.requires_grad_(True)
+    trained = model
+    if args.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules=lora_target_modules(model))
+        trained = get_peft_model(model, lora)
+    best_weights = BestWeightsCallback("eval_loss", patience=args.early_stopping_patience)
+    training_args = stage_training_arguments(
+        args, output_dir, trained,
+        num_train_epochs=args.finetune_epochs,
+        save_strategy="no",  # the best weights are kept in memory (BestWeightsCallback)
+        learning_rate=args.learning_rate,
+        weight_decay=0.0,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=trained,
+        args=training_args,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=ForecastCollator(trained, data.freq_index),
+        callbacks=[best_weights],
+    )
+    trainer.train()
+    best = best_weights.best_metric
+    if args.lora_rank:
+        model = trained.merge_and_unload()
+    model.eval()
+    return model, FinetuneResult(best_eval_loss=None if best is None else float(best), steps=trainer.state.global_step)
+
+
+# -- outputs ----------------------------------------------------------------------------------------------------------
+
+
+def save_outputs(args: TaskArguments, model: nn.Module, plan: PruningPlan | None, result: RunResult) -> str:
     """Saves the (pruned) checkpoint with its model card under `output_dir/model`; pushes it when asked."""
     from .modeling import save_pruned
 
     folder = os.path.join(args.output_dir, "model")
     if plan is not None:
+        serialised = result.to_dict()
+        stage_figures = {name: serialised[name] for name in ("zero_shot", "pruned", "finetuned") if name in serialised}
         save_pruned(
-            model, folder, base_model=args.model_name_or_path, pruning_config=results.get("settings"), plan=plan,
-            seed=args.seed, extra={"results": {k: results[k] for k in ("zero_shot", "pruned", "finetuned") if results.get(k)}},
+            model, folder, base_model=args.model_name_or_path, pruning_config=result.settings, plan=plan,
+            seed=args.seed, extra={"results": stage_figures},
         )  # fmt: skip
     else:
         model.save_pretrained(folder)
@@ -402,7 +515,7 @@ def save_outputs(args: TaskArguments, model: nn.Module, plan: PruningPlan | None
     except ImportError:
         write_model_card = None
     if write_model_card is not None:
-        write_model_card(folder, results)
+        write_model_card(folder, result)
     if args.push_to_hub:
         from .hub import push_folder_to_hub
 
@@ -410,23 +523,18 @@ def save_outputs(args: TaskArguments, model: nn.Module, plan: PruningPlan | None
     return folder
 
 
-def print_summary(results: dict) -> None:
+def print_summary(result: RunResult) -> None:
     """A short comparison table of the stages."""
-    rows = [
-        ("zero-shot", results.get("zero_shot")),
-        ("pruned", results.get("pruned")),
-        ("finetuned", results.get("finetuned")),
-    ]
-    print(f"\n{results['dataset']} | horizon {results['prediction_length']} | context {results['context_length']}")
+    print(f"\n{result.dataset} | horizon {result.prediction_length} | context {result.context_length}")
     print("| stage | test MSE | test MAE | windows |\n|---|---|---|---|")
-    for name, stage in rows:
-        if stage and stage.get("test"):
-            test = stage["test"]
-            print(f"| {name} | {test['mse']:.4f} | {test['mae']:.4f} | {test['n_windows']} |")
-    if "params_after" in results:
+    for name, stage in (("zero-shot", result.zero_shot), ("pruned", result.pruned), ("finetuned", result.finetuned)):
+        if stage is not None:
+            test = stage.test
+            print(f"| {name} | {test.mse:.4f} | {test.mae:.4f} | {test.n_windows} |")
+    if result.params_after is not None:
         print(
-            f"params {results['params_before']:,} -> {results['params_after']:,} "
-            f"({results['params_after'] / results['params_before']:.1%}), FLOPs {results['flops_before']:,} -> "
-            f"{results['flops_after']:,}, sparsity {results.get('sparsity', 0):.1%}"
+            f"params {result.params_before:,} -> {result.params_after:,} "
+            f"({result.params_after / result.params_before:.1%}), FLOPs {result.flops_before:,} -> "
+            f"{result.flops_after:,}, sparsity {result.sparsity or 0:.1%}"
         )
-    print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results.get("timings_seconds", {}).items()))
+    print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.timings_seconds.items()))

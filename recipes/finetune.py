@@ -10,7 +10,8 @@ The paper's selection over learning rates is done on validation loss only: `--gr
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from hf_tsprune.pipeline import (
     seed_everything,
     test_metrics,
 )
+from hf_tsprune.results import FinetunedResult, RunResult, StageResult
 from hf_tsprune.surgery import count_flops
 
 
@@ -53,7 +55,7 @@ def parse_learning_rates(args: FinetuneArguments) -> list[float]:
     return [float(v) for v in values.split(",")]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> RunResult:
     args = parse_arguments(FinetuneArguments, argv)
     state = PartialState()
     learning_rates = parse_learning_rates(args)
@@ -66,48 +68,45 @@ def main(argv: list[str] | None = None) -> dict:
     example = example_inputs(model)
     batch = args.per_device_eval_batch_size
     with timer("zero_shot_test"):
-        zero_shot = test_metrics(model, data["test"], args.prediction_length, batch, "zero-shot test")
+        zero_shot = test_metrics(model, data, batch, "zero-shot test")
     runs = []
     with timer("finetune"):
         for index, learning_rate in enumerate(learning_rates):
             folder = str(Path(args.output_dir) / (f"grid-{index}" if len(learning_rates) > 1 else "finetune_run"))
-            tuned, info = finetune_stage(
-                copy.deepcopy(model), data["train"], data["validation"], folder, epochs=args.finetune_epochs,
-                batch_size=args.per_device_train_batch_size, learning_rate=learning_rate,
-                gradient_accumulation_steps=args.gradient_accumulation_steps, eval_steps=args.eval_steps,
-                early_stopping_patience=args.early_stopping_patience, lora_rank=args.lora_rank, seed=args.seed,
-                use_cpu=args.use_cpu, disable_tqdm=args.disable_tqdm,
-            )  # fmt: skip
+            at_learning_rate = dataclasses.replace(args, learning_rate=learning_rate)
+            tuned, info = finetune_stage(copy.deepcopy(model), data, at_learning_rate, folder)
             runs.append((tuned, info, learning_rate))
     tuned, info, learning_rate = min(
-        runs, key=lambda r: r[1]["best_eval_loss"] if r[1]["best_eval_loss"] is not None else float("inf")
+        runs, key=lambda r: r[1].best_eval_loss if r[1].best_eval_loss is not None else float("inf")
     )
     with timer("finetuned_test"):
-        finetuned = test_metrics(tuned, data["test"], args.prediction_length, batch, "finetuned test")
+        finetuned = test_metrics(tuned, data, batch, "finetuned test")
     params = count_parameters(tuned)
-    results = {
-        "model": args.model_name_or_path,
-        "dataset": args.dataset,
-        "prediction_length": args.prediction_length,
-        "context_length": args.context_length,
-        "zero_shot": {"test": zero_shot},
-        "finetuned": {"test": finetuned, "validation_loss": info["best_eval_loss"], "learning_rate": learning_rate},
-        "grid": [{"learning_rate": lr, "validation_loss": i["best_eval_loss"]} for _, i, lr in runs] if len(runs) > 1 else None,
-        "params_before": params,
-        "params_after": params,
-        "flops_before": count_flops(model, example),
-        "flops_after": count_flops(tuned, example),
-        "timings_seconds": timer.seconds,
-        "settings": asdict(args),
-        "seed": args.seed,
-        "world_size": state.num_processes,
-    }  # fmt: skip
+    result = RunResult(
+        model=args.model_name_or_path,
+        dataset=args.dataset,
+        prediction_length=args.prediction_length,
+        context_length=args.context_length,
+        zero_shot=StageResult(zero_shot),
+        finetuned=FinetunedResult(finetuned, validation_loss=info.best_eval_loss, learning_rate=learning_rate),
+        grid=[{"learning_rate": lr, "validation_loss": i.best_eval_loss} for _, i, lr in runs]
+        if len(runs) > 1
+        else None,
+        params_before=params,
+        params_after=params,
+        flops_before=count_flops(model, example),
+        flops_after=count_flops(tuned, example),
+        timings_seconds=timer.seconds,
+        settings=asdict(args),
+        seed=args.seed,
+        world_size=state.num_processes,
+    )
     if state.is_main_process:
-        results["saved_to"] = save_outputs(args, tuned, None, results)
-        Path(args.output_dir, "results.json").write_text(json.dumps(results, indent=2, default=str))
-        print_summary(results)
+        result.saved_to = save_outputs(args, tuned, None, result)
+        result.save(os.path.join(args.output_dir, "results.json"))
+        print_summary(result)
     state.wait_for_everyone()
-    return results
+    return result
 
 
 if __name__ == "__main__":

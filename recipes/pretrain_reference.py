@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
-    HfArgumentParser,
     SchedulerType,
     TimesFm2_5Config,
     TimesFm2_5ModelForPrediction,
@@ -63,6 +62,7 @@ from transformers import (
     set_seed,
 )
 
+from hf_tsprune.pipeline import parse_arguments
 from hf_tsprune.synthetic import SyntheticConfig, SyntheticSeriesDataset, make_validation_set
 
 # `PretrainArguments` fields that are `SyntheticConfig` knobs (recorded in `training_log.json` as pretrain_args).
@@ -123,28 +123,28 @@ class PretrainArguments:
     )
 
 
-DEFAULT_TRAINING_FLAGS = [
-    "--per_device_train_batch_size", "64",
-    "--per_device_eval_batch_size", "512",
-    "--learning_rate", "1e-3",
-    "--weight_decay", "0.05",
-    "--adam_beta2", "0.98",
-    "--warmup_steps", "200",
-    "--lr_scheduler_type", "cosine",
-    "--max_grad_norm", "1.0",
-    "--max_steps", "40000",
-    "--logging_steps", "100",
-    "--eval_strategy", "steps",
-    "--eval_steps", "1000",
-    "--save_strategy", "steps",
-    "--save_steps", "1000",
-    "--metric_for_best_model", "loss",
-    "--report_to", "none",
-    "--dataloader_num_workers", "0",
-    "--seed", "42",
-    "--use_cpu", "true",
-    "--remove_unused_columns", "false",
-]  # fmt: skip
+DEFAULT_TRAINING_SETTINGS: dict[str, str] = {  # as on the command line: parsed like flags, which override them
+    "per_device_train_batch_size": "64",
+    "per_device_eval_batch_size": "512",
+    "learning_rate": "1e-3",
+    "weight_decay": "0.05",
+    "adam_beta2": "0.98",
+    "warmup_steps": "200",
+    "lr_scheduler_type": "cosine",
+    "max_grad_norm": "1.0",
+    "max_steps": "40000",
+    "logging_steps": "100",
+    "eval_strategy": "steps",
+    "eval_steps": "1000",
+    "save_strategy": "steps",
+    "save_steps": "1000",
+    "metric_for_best_model": "loss",
+    "report_to": "none",
+    "dataloader_num_workers": "0",
+    "seed": "42",
+    "use_cpu": "true",
+    "remove_unused_columns": "false",
+}
 
 
 def build_config(args: ReferenceModelArguments) -> TimesFm2_5Config:
@@ -422,10 +422,11 @@ def point_channel(scores: dict[str, float]) -> int:
 
 
 def parse_args(argv: list[str] | None = None):
-    """Parse flags on top of the recipe's defaults (`DEFAULT_TRAINING_FLAGS`; command-line flags win)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ReferenceModelArguments, PretrainArguments, TrainingArguments))
-    return parser.parse_args_into_dataclasses(args=DEFAULT_TRAINING_FLAGS + argv)
+    """Parses the recipe's settings with the shared parser: `DEFAULT_TRAINING_SETTINGS`, then `--config file.yaml`,
+    then the flags (later wins)."""
+    return parse_arguments(
+        (ReferenceModelArguments, PretrainArguments, TrainingArguments), argv, defaults=DEFAULT_TRAINING_SETTINGS
+    )
 
 
 def train(

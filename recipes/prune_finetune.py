@@ -39,18 +39,20 @@ saved pruned checkpoint (`recipes/finetune.py --model_name_or_path <output_dir>/
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 from accelerate import PartialState
+from torch import nn
 
-from hf_tsprune import PruningConfig
 from hf_tsprune.pipeline import (
+    FinetuneResult,
+    PruneFinetuneArguments,
+    PruneResult,
     StageTimer,
-    TaskArguments,
+    TaskData,
     count_parameters,
     example_inputs,
     finetune_stage,
@@ -64,35 +66,10 @@ from hf_tsprune.pipeline import (
     seed_everything,
     test_metrics,
 )
+from hf_tsprune.results import FinetunedResult, RunResult, StageResult
 from hf_tsprune.surgery import count_flops
 
-
-@dataclass
-class PruneFinetuneArguments(TaskArguments):
-    """Prune-run settings (task, data, finetune and run settings are inherited from `TaskArguments`)."""
-
-    ratio_per_epoch: float = field(default=0.3, metadata={"help": "Fraction of alive channels pruned per epoch."})
-    ema: float = field(default=0.3, metadata={"help": "EMA weight of the newest Taylor scores, in (0, 1]."})
-    max_sparsity: float = field(default=0.9, metadata={"help": "Stop pruning at this fraction of channels."})
-    prune_epochs: float = field(default=1.0, metadata={"help": "Epochs of the prune run."})
-    cost_normalized: bool = field(default=False, metadata={"help": "Rank channels by score per parameter removed."})
-    round_to: int = field(default=1, metadata={"help": "Keep feed-forward widths a multiple of this."})
-    min_units_per_group: int = field(default=1, metadata={"help": "Channels each group keeps at least."})
-    grid: str | None = field(
-        default=None,
-        metadata={
-            "help": 'Grid chosen on validation loss, e.g. "ratio_per_epoch=0.2,0.4 ema=0.3,0.7 learning_rate=1e-4,5e-4".'
-        },
-    )
-
-    def pruning_config(self, **overrides) -> PruningConfig:
-        values = dict(
-            ratio_per_epoch=self.ratio_per_epoch, ema=self.ema, max_sparsity=self.max_sparsity,
-            cost_normalized=self.cost_normalized, round_to=self.round_to, min_units_per_group=self.min_units_per_group,
-        )  # fmt: skip
-        values.update({k: v for k, v in overrides.items() if k in values})
-        return PruningConfig(**values)
-
+__all__ = ["GRID_KEYS", "GridPointRun", "PruneFinetuneArguments", "main", "parse_grid", "prune_and_finetune"]
 
 GRID_KEYS = ("ratio_per_epoch", "ema", "learning_rate", "max_sparsity", "prune_epochs")
 
@@ -110,37 +87,53 @@ def parse_grid(grid: str | None) -> list[dict]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
-def prune_and_finetune(args: PruneFinetuneArguments, base_model, data: dict, point: dict, folder: str) -> dict:
-    """One grid point: prune run + shrink + finetune on a copy of the base model."""
+@dataclass
+class GridPointRun:
+    """One grid point's prune run, shrink and finetune.
+
+    Args:
+        point (`dict[str, float]`): The grid settings of the run (`{}` without a grid).
+        model (`nn.Module`): The pruned and finetuned model.
+        shrunk (`nn.Module`): The pruned model before finetuning.
+        pruned ([`PruneResult`]): What the prune run kept.
+        finetuned ([`FinetuneResult`]): How the finetune went.
+        timer ([`StageTimer`]): Seconds of its prune and finetune stages.
+    """
+
+    point: dict[str, float]
+    model: nn.Module
+    shrunk: nn.Module
+    pruned: PruneResult
+    finetuned: FinetuneResult
+    timer: StageTimer
+
+    @property
+    def validation_loss(self) -> float:
+        loss = self.finetuned.best_eval_loss
+        return loss if loss is not None else float("inf")
+
+
+def prune_and_finetune(
+    args: PruneFinetuneArguments, point: dict[str, float], base_model: nn.Module, data: TaskData, folder: str
+) -> GridPointRun:
+    """One grid point: prune run + shrink + finetune on a copy of the base model, with `args` at the grid `point`."""
+    args = dataclasses.replace(args, **point)
     model = copy.deepcopy(base_model)
     timer = StageTimer()
     with timer("prune"):
-        pruned = prune_stage(
-            model, data["train"], data["validation"], args.pruning_config(**point), os.path.join(folder, "prune_run"),
-            epochs=point.get("prune_epochs", args.prune_epochs), batch_size=args.per_device_train_batch_size,
-            gradient_accumulation_steps=args.gradient_accumulation_steps, eval_steps=args.eval_steps,
-            round_to=args.round_to, seed=args.seed, use_cpu=args.use_cpu,
-            resume_from_checkpoint=args.resume_from_checkpoint, disable_tqdm=args.disable_tqdm,
-        )  # fmt: skip
+        pruned = prune_stage(model, data, args, os.path.join(folder, "prune_run"))
     shrunk = copy.deepcopy(model)  # the pruned model before finetuning, for its own test figures
     with timer("finetune"):
-        model, finetuned = finetune_stage(
-            model, data["train"], data["validation"], os.path.join(folder, "finetune_run"),
-            epochs=args.finetune_epochs, batch_size=args.per_device_train_batch_size,
-            learning_rate=point.get("learning_rate", args.learning_rate),
-            gradient_accumulation_steps=args.gradient_accumulation_steps, eval_steps=args.eval_steps,
-            early_stopping_patience=args.early_stopping_patience, lora_rank=args.lora_rank, seed=args.seed,
-            use_cpu=args.use_cpu, disable_tqdm=args.disable_tqdm,
-        )  # fmt: skip
-    return {"model": model, "shrunk": shrunk, "point": point, "prune": pruned, "finetune": finetuned, "timer": timer}
+        model, finetuned = finetune_stage(model, data, args, os.path.join(folder, "finetune_run"))
+    return GridPointRun(point, model, shrunk, pruned, finetuned, timer)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> RunResult:
     args = parse_arguments(PruneFinetuneArguments, argv)
     state = PartialState()
     grid = parse_grid(args.grid)
     for point in grid:  # every setting is checked before any work starts
-        args.pruning_config(**point)
+        dataclasses.replace(args, **point)
     prepare_output_dir(args, state.is_main_process)
     seed_everything(args.seed)
     timer = StageTimer()
@@ -152,56 +145,56 @@ def main(argv: list[str] | None = None) -> dict:
     batch = args.per_device_eval_batch_size
 
     with timer("zero_shot_test"):
-        zero_shot = test_metrics(model, data["test"], args.prediction_length, batch, "zero-shot test")
+        zero_shot = test_metrics(model, data, batch, "zero-shot test")
 
     runs = []
     for index, point in enumerate(grid):
         folder = args.output_dir if len(grid) == 1 else os.path.join(args.output_dir, f"grid-{index}")
-        runs.append(prune_and_finetune(args, model, data, point, folder))
-        for stage, seconds in runs[-1]["timer"].seconds.items():
+        runs.append(prune_and_finetune(args, point, model, data, folder))
+        for stage, seconds in runs[-1].timer.seconds.items():
             timer.seconds[stage] = round(timer.seconds.get(stage, 0.0) + seconds, 3)
-    best = min(
-        runs,
-        key=lambda r: r["finetune"]["best_eval_loss"] if r["finetune"]["best_eval_loss"] is not None else float("inf"),
-    )
-    final, plan = best["model"], best["prune"].plan
+    best = min(runs, key=lambda run: run.validation_loss)
+    final, plan = best.model, best.pruned.plan
 
     with timer("pruned_test"):
-        pruned = test_metrics(best["shrunk"], data["test"], args.prediction_length, batch, "pruned test")
+        pruned = test_metrics(best.shrunk, data, batch, "pruned test")
     with timer("finetuned_test"):
-        finetuned = test_metrics(final, data["test"], args.prediction_length, batch, "finetuned test")
+        finetuned = test_metrics(final, data, batch, "finetuned test")
 
-    results = {
-        "model": args.model_name_or_path,
-        "dataset": args.dataset,
-        "prediction_length": args.prediction_length,
-        "context_length": args.context_length,
-        "zero_shot": {"test": zero_shot},
-        "pruned": {"test": pruned},
-        "finetuned": {"test": finetuned, "validation_loss": best["finetune"]["best_eval_loss"]},
-        "params_before": params_before,
-        "params_after": count_parameters(final),
-        "flops_before": flops_before,
-        "flops_after": count_flops(final, example),
-        "sparsity": plan.sparsity,
-        "best_mask_set": {"step": best["prune"].best_step, "eval_loss": best["prune"].best_eval_loss,
-                          "sparsity": best["prune"].best_sparsity},
-        "selected_grid_point": best["point"],
-        "grid": [{"point": r["point"], "validation_loss": r["finetune"]["best_eval_loss"],
-                  "sparsity": r["prune"].plan.sparsity} for r in runs] if len(runs) > 1 else None,
-        "plan": plan.to_dict(),
-        "timings_seconds": timer.seconds,
-        "settings": asdict(args),
-        "seed": args.seed,
-        "world_size": state.num_processes,
-    }  # fmt: skip
+    result = RunResult(
+        model=args.model_name_or_path,
+        dataset=args.dataset,
+        prediction_length=args.prediction_length,
+        context_length=args.context_length,
+        zero_shot=StageResult(zero_shot),
+        pruned=StageResult(pruned),
+        finetuned=FinetunedResult(finetuned, validation_loss=best.finetuned.best_eval_loss),
+        params_before=params_before,
+        params_after=count_parameters(final),
+        flops_before=flops_before,
+        flops_after=count_flops(final, example),
+        sparsity=plan.sparsity,
+        best_mask_set=best.pruned.best_mask_set(),
+        selected_grid_point=best.point,
+        grid=[
+            {"point": run.point, "validation_loss": run.finetuned.best_eval_loss, "sparsity": run.pruned.plan.sparsity}
+            for run in runs
+        ]
+        if len(runs) > 1
+        else None,
+        plan=plan.to_dict(),
+        timings_seconds=timer.seconds,  # the same dict: the save time below is in results.json too
+        settings=asdict(args),
+        seed=args.seed,
+        world_size=state.num_processes,
+    )
     if state.is_main_process:  # only rank 0 writes
         with timer("save"):
-            results["saved_to"] = save_outputs(args, final, plan, results)
-        Path(args.output_dir, "results.json").write_text(json.dumps(results, indent=2, default=str))
-        print_summary(results)
+            result.saved_to = save_outputs(args, final, plan, result)
+        result.save(os.path.join(args.output_dir, "results.json"))
+        print_summary(result)
     state.wait_for_everyone()
-    return results
+    return result
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ python recipes/zero_shot.py --model_name_or_path google/timesfm-2.0-500m-pytorch
 python recipes/zero_shot.py --model_name_or_path repeat_last --dataset my_data.csv --target OT \
     --prediction_length 24 --context_length 96 --output_dir out/my_data
 
-# arguments from a YAML file (command-line flags override it)
+# arguments from a YAML file (command-line flags override it; lists such as `metrics: [mse, mae]` are allowed)
 python recipes/zero_shot.py --config zero_shot.yaml --prediction_length 192
 ```
 """
@@ -33,17 +33,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from hf_tsprune.adapters import get_adapter
 from hf_tsprune.data import get_window_source, load_forecasting_dataset
 from hf_tsprune.evaluation import NaiveForecaster, evaluate_forecaster, load_forecaster
-from hf_tsprune.pipeline import REFERENCE_MODEL_DIR
+from hf_tsprune.pipeline import REFERENCE_MODEL_DIR, parse_arguments
 
 
 @dataclass
@@ -92,31 +91,8 @@ class ZeroShotArguments:
     device: str | None = field(default=None, metadata={"help": "Device of the model (default: cuda if available)."})
     torch_dtype: str | None = field(default=None, metadata={"help": "Model dtype: float32, bfloat16, float16."})
     per_horizon: bool = field(default=True, metadata={"help": "Store per-step metric curves in results.json."})
-    seed: int = field(default=0, metadata={"help": "Random seed (sampled quantiles of distribution heads)."})
+    seed: int = field(default=42, metadata={"help": "Random seed (sampled quantiles of distribution heads)."})
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
-
-
-def parse_args(argv: list[str] | None = None) -> ZeroShotArguments:
-    """Parse command-line flags, optionally on top of a YAML file given with `--config file.yaml`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ZeroShotArguments)
-    if "--config" in argv:
-        position = argv.index("--config")
-        if position + 1 >= len(argv):
-            raise ValueError("`--config` needs a YAML file path.")
-        import yaml
-
-        with open(argv[position + 1]) as handle:
-            config = yaml.safe_load(handle) or {}
-        argv = argv[:position] + argv[position + 2 :]
-        prefix = []
-        for key, value in config.items():
-            if value is None:
-                continue
-            prefix += [f"--{key}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-        argv = prefix + argv  # later flags win
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    return args
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -124,7 +100,7 @@ def _split_list(text: str | None) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    args = parse_arguments(ZeroShotArguments, argv)
     set_seed(args.seed)
     dtype = getattr(torch, args.torch_dtype) if args.torch_dtype else None
     forecaster = load_forecaster(

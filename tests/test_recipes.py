@@ -51,7 +51,9 @@ def argv(task, out, *extra):
 
 
 def test_prune_finetune_end_to_end(task, tmp_path):
-    results = prune_finetune.main(argv(task, tmp_path / "run", "--eval_steps", "10", "--finetune_epochs", "1"))
+    results = prune_finetune.main(
+        argv(task, tmp_path / "run", "--eval_steps", "10", "--finetune_epochs", "1")
+    ).to_dict()
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     for stage in ("zero_shot", "pruned", "finetuned"):
         test = saved[stage]["test"]
@@ -67,13 +69,13 @@ def test_prune_finetune_end_to_end(task, tmp_path):
 def test_grid_selects_on_validation(task, tmp_path):
     results = prune_finetune.main(
         argv(task, tmp_path / "grid", "--grid", "ratio_per_epoch=0.2,0.4", "--finetune_epochs", "1")
-    )
+    ).to_dict()
     losses = [g["validation_loss"] for g in results["grid"]]
     assert len(losses) == 2 and results["finetuned"]["validation_loss"] == min(losses)
 
 
 def test_finetune_baseline(task, tmp_path):
-    results = finetune_recipe.main(argv(task, tmp_path / "ft", "--finetune_epochs", "1"))
+    results = finetune_recipe.main(argv(task, tmp_path / "ft", "--finetune_epochs", "1")).to_dict()
     assert results["params_after"] == results["params_before"]
     assert np.isfinite(results["finetuned"]["test"]["mse"])
     assert json.loads((tmp_path / "ft" / "results.json").read_text())["zero_shot"]["test"]["n_windows"] > 0
@@ -110,12 +112,12 @@ def test_output_folder_holding_another_run(task, tmp_path):
 
 def test_resume_prune_run_reaches_the_same_masks(task, tmp_path):
     common = ["--eval_steps", "5", "--finetune_epochs", "1", "--ratio_per_epoch", "0.4"]
-    full = prune_finetune.main(argv(task, tmp_path / "full", *common))
+    full = prune_finetune.main(argv(task, tmp_path / "full", *common)).to_dict()
     checkpoint = tmp_path / "full" / "prune_run" / "checkpoint-5"
     assert (checkpoint / "hf_tsprune_pruning_state.pt").is_file()
     resumed = prune_finetune.main(
         argv(task, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(checkpoint))
-    )
+    ).to_dict()
     assert resumed["plan"]["groups"] == full["plan"]["groups"]
     assert resumed["best_mask_set"] == full["best_mask_set"]
 
@@ -154,10 +156,67 @@ def test_yaml_config_and_flags_override(tmp_path):
 
 
 def test_lora_finetune_is_merged_before_saving(task, tmp_path):
-    results = prune_finetune.main(argv(task, tmp_path / "lora", "--lora_rank", "4", "--finetune_epochs", "1"))
+    results = prune_finetune.main(
+        argv(task, tmp_path / "lora", "--lora_rank", "4", "--finetune_epochs", "1")
+    ).to_dict()
     assert np.isfinite(results["finetuned"]["test"]["mse"])
     from hf_tsprune.pipeline import load_model
 
     reloaded = load_model(str(tmp_path / "lora" / "model"))
     assert not any("lora" in name for name, _ in reloaded.named_parameters())
     assert sum(p.numel() for p in reloaded.parameters()) == results["params_after"]
+
+
+def test_results_json_is_the_run_result_serialisation(task, tmp_path):
+    from hf_tsprune.results import RunResult
+
+    result = finetune_recipe.main(argv(task, tmp_path / "ft", "--finetune_epochs", "1"))
+    assert isinstance(result, RunResult) and result.finetuned.test.n_windows > 0
+    saved = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(result.to_dict(), default=str))
+    assert RunResult.load(tmp_path / "ft" / "results.json").to_dict() == saved
+    assert "pruned" not in saved and saved["grid"] is None and saved["finetuned"]["learning_rate"] == 1e-4
+
+
+def test_run_result_keys():
+    from hf_tsprune.results import FinetunedResult, MaskSetResult, RunResult, SplitMetrics, StageResult
+
+    result = RunResult(
+        model="m", dataset="d", prediction_length=96, context_length=512,
+        zero_shot=StageResult(SplitMetrics(0.5, 0.4, 10)), finetuned=FinetunedResult(SplitMetrics(0.3, 0.2, 10)),
+        best_mask_set=MaskSetResult(step=None, eval_loss=None, sparsity=None), selected_grid_point={}, seed=42,
+    )  # fmt: skip
+    written = result.to_dict()
+    assert list(written) == [
+        "model", "dataset", "prediction_length", "context_length", "zero_shot", "finetuned", "best_mask_set",
+        "selected_grid_point", "grid", "timings_seconds", "settings", "seed",
+    ]  # fmt: skip
+    assert written["finetuned"] == {"test": {"mse": 0.3, "mae": 0.2, "n_windows": 10}, "validation_loss": None}
+    assert written["best_mask_set"] == {"step": None, "eval_loss": None, "sparsity": None} and written["grid"] is None
+    assert RunResult.from_dict(written) == result
+    with pytest.raises(ValueError, match="unknown keys"):
+        RunResult.from_dict({**written, "finetuned_mse": 0.3})
+
+
+def test_shared_parser_with_several_dataclasses_and_recipe_defaults(tmp_path):
+    from dataclasses import dataclass
+
+    from transformers import TrainingArguments
+
+    from hf_tsprune.pipeline import parse_arguments
+
+    @dataclass
+    class Extra:
+        metrics: str = "mse"
+        splits: str = "test"
+
+    config = tmp_path / "run.yaml"
+    config.write_text("metrics: [mse, mae]\nsplits: null\nlearning_rate: 0.01\nmax_steps: 7\n")
+    extra, training = parse_arguments(
+        (Extra, TrainingArguments),
+        ["--config", str(config), "--max_steps", "9", "--output_dir", str(tmp_path)],
+        defaults={"learning_rate": "1e-3", "seed": "7", "use_cpu": "true"},
+    )
+    assert extra.metrics == "mse,mae" and extra.splits == "test"  # YAML list joined, YAML null left at the default
+    assert training.learning_rate == 0.01 and training.max_steps == 9  # YAML over defaults, flags over YAML
+    assert training.seed == 7 and training.use_cpu is True  # recipe defaults, converted like flags

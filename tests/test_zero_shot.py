@@ -125,3 +125,13 @@ def test_no_arguments_evaluates_the_bundled_reference_model_on_bundled_etth1(zer
     results = zero_shot.main(["--output_dir", str(tmp_path), "--max_windows", "64"])
     assert results["model"].endswith("reference_model") and results["dataset"] == "ETTh1"
     assert results["test"]["mse"] < 1.0 and results["prediction_length"] == 96
+
+
+def test_shared_parser_and_seed_default(zero_shot, csv_path, tmp_path):
+    from hf_tsprune.pipeline import parse_arguments
+
+    assert parse_arguments(zero_shot.ZeroShotArguments, []).seed == 42  # as the other recipes
+    config = tmp_path / "zero_shot.yaml"
+    config.write_text(f"model_name_or_path: repeat_last\ndataset: {csv_path}\nmetrics: [mse, mae]\nnot_a_setting: 1\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        zero_shot.main(["--config", str(config)])
