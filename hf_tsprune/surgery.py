@@ -417,7 +417,7 @@ def shrink(
         plan.max_rel_error = err / max(reference.abs().max().item(), 1e-12)
         if plan.max_rel_error > tolerance:
             raise RuntimeError(
-                f"Shrunk model differs from the masked one by {plan.max_rel_error:.2e} (relative) on {spec.model_type}; "
+                f"Shrunk model differs from the masked one by {plan.max_rel_error:.2e} (relative) on {spec.name}; "
                 "please report this with the model config."
             )
     model.train(was_training)
