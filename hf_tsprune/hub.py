@@ -32,8 +32,8 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constan
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from torch import nn
 
-from .architectures import get_spec
-from .modeling import PRUNED_CONFIG_CLASSES, PRUNED_MODEL_CLASSES, _base_class, save_pruned
+from .family import get_family, get_spec
+from .modeling import is_pruned_config, save_pruned
 from .results import RunResult
 from .surgery import PruningPlan
 
@@ -191,7 +191,7 @@ def _base_license(base_model: str | None, revision: str | None, token: str | boo
 def _pruned_config(model_or_config: Any):
     """The pruned configuration of a pruned model (or the configuration itself)."""
     config = model_or_config.config if isinstance(model_or_config, nn.Module) else model_or_config
-    if not isinstance(config, tuple(PRUNED_CONFIG_CLASSES.values())):
+    if not is_pruned_config(config):
         raise ValueError(
             f"{type(model_or_config).__name__} is not a pruned model: convert it with `hf_tsprune.to_pruned_model("
             "model, base_model=..., pruning_config=..., plan=...)` (or save it with `hf_tsprune.save_pruned`) first."
@@ -402,8 +402,7 @@ def make_model_card(
         every = results_list + [r for v in baseline_lists.values() for r in v]
         datasets = list(dict.fromkeys(r.dataset_id for r in every if r.dataset_id))
     name = model_name or (repo_id.split("/")[-1] if repo_id else f"{config.base_model_type}-pruned")
-    model_class = PRUNED_MODEL_CLASSES[config.base_model_type]
-    base_class = _base_class(model_class)
+    family = get_family(config.base_model_type, require=False)
     tags = list(dict.fromkeys(["hf_tsprune", "pruning", "structured-pruning", "time-series", config.base_model_type,
                                *(tags or [])]))  # fmt: skip
     summary = {
@@ -445,9 +444,9 @@ def make_model_card(
         "base_model": base_model,
         "base_model_url": f"https://huggingface.co/{base_id}" if base_id else None,
         "base_model_revision": config.base_model_revision,
-        "architecture": base_class.__name__,
-        "model_class": model_class.__name__,
-        "base_class": base_class.__name__,
+        "architecture": family.model_classes[0],
+        "model_class": family.model_class_name,
+        "base_class": family.model_classes[0],
         "sparsity": pruning.get("sparsity") or 0.0,
         "params_before": pruning.get("params_before"),
         "params_after": pruning.get("params_after"),
@@ -597,7 +596,7 @@ def write_model_card(
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(save_directory)
-    if not isinstance(config, tuple(PRUNED_CONFIG_CLASSES.values())):
+    if not is_pruned_config(config):
         logger.warning("%s holds an unpruned %s checkpoint: no model card written.", save_directory, config.model_type)
         return None
     kwargs = {**_pipeline_results(results), **card_kwargs} if results else card_kwargs

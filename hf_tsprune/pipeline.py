@@ -307,7 +307,7 @@ def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
 
 def example_inputs(model: nn.Module) -> dict:
     """The spec's batch-1 forward inputs (seed 0), for FLOP counts."""
-    from .architectures import get_spec
+    from .family import get_spec
 
     return get_spec(model).example_inputs(model, 1, generator=torch.Generator().manual_seed(0))
 
