@@ -184,7 +184,7 @@ def apply_pruned_layout(
             continue
         heads, v_head_dim = int(sizes["num_kv_heads"]), int(sizes["v_head_dim"])
         o = block.get_submodule(entry["o"])
-        if heads == 0 and not entry["kept_heads_attr"]:
+        if heads == 0 and not (entry["kept_heads_attr"] or entry["keep_empty_blocks"]):
             set_submodule(model, name, empty_attention(o, entry["num_outputs"]))
             continue
         qk_dim = int(getattr(block, entry["head_dim_attr"]))

@@ -27,7 +27,7 @@ from transformers.utils import logging
 
 from .adapters import ForecastAdapter, ModelForecast, get_adapter
 from .data import WindowBatches, get_window_source, seasonal_period, timesfm_frequency_index
-from .family import family_of, get_family
+from .family import families, family_of, get_family
 from .metrics import ForecastMetrics
 
 logger = logging.get_logger(__name__)
@@ -132,8 +132,9 @@ def load_forecaster(
 
 
 def load_chronos_pipeline(model_or_path: torch.nn.Module | str | os.PathLike, **from_pretrained_kwargs: Any):
-    """A `chronos` pipeline (`ChronosPipeline` or `ChronosBoltPipeline`) around a Chronos / Chronos-Bolt model, dense
-    or pruned, for the `chronos` package's own `predict` / `predict_quantiles`.
+    """A `chronos` pipeline (`ChronosPipeline`, `ChronosBoltPipeline`, ...) around a model of a Chronos family, dense or
+    pruned, for the `chronos` package's own `predict` / `predict_quantiles` (the family's registered
+    `native_pipeline`).
 
     `chronos.BaseChronosPipeline.from_pretrained` builds a Chronos-Bolt model from the class its `config.json` names,
     looked up inside the `chronos` package: it cannot know a pruned class and would build the dense one, which fails
@@ -151,22 +152,15 @@ def load_chronos_pipeline(model_or_path: torch.nn.Module | str | os.PathLike, **
     model = model_or_path
     if not isinstance(model, torch.nn.Module):
         model = load_forecaster(model_or_path, **from_pretrained_kwargs)
-    family = family_of(model)
-    if family == "chronos_bolt":
-        from chronos import ChronosBoltPipeline
-
-        return ChronosBoltPipeline(model=model.eval())
-    if family == "chronos":
-        from chronos import ChronosModel, ChronosPipeline
-
-        from .families.chronos import chronos_settings
-
-        settings = chronos_settings(model)
-        return ChronosPipeline(tokenizer=settings.create_tokenizer(), model=ChronosModel(settings, model.eval()))
-    raise ValueError(
-        f"load_chronos_pipeline takes a Chronos or Chronos-Bolt model; got a {type(model).__name__} ({family}). "
-        "Forecast other families with `hf_tsprune.evaluation.forecast`."
-    )
+    name = family_of(model)
+    family = get_family(name) if name is not None else None
+    if family is None or family.native_pipeline is None:
+        takes = ", ".join(f.name for f in families().values() if f.native_pipeline is not None)
+        raise ValueError(
+            f"load_chronos_pipeline takes a Chronos or Chronos-Bolt model (a family with its own pipeline: {takes}); "
+            f"got a {type(model).__name__} ({name}). Forecast other families with `hf_tsprune.evaluation.forecast`."
+        )
+    return family.native_pipeline(model.eval())
 
 
 def _rollout_limit(adapter: ForecastAdapter, model: torch.nn.Module, context_length: int) -> int:

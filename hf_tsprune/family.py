@@ -81,6 +81,9 @@ class Family:
             The import name of the optional package the family needs (`"chronos"`, `"tsfm_public"`).
         install_hint (`str`, *optional*):
             How to install it, as the `ImportError` says.
+        native_pipeline (`Callable[[nn.Module], Any]`, *optional*):
+            Builds the family package's own forecasting pipeline around a model (Chronos: `ChronosPipeline`), for
+            `hf_tsprune.evaluation.load_chronos_pipeline`.
         description (`str`, *optional*):
             One line for listings.
     """
@@ -100,6 +103,7 @@ class Family:
     extra_auto_classes: tuple[str, ...] = ()
     requires: str | None = None
     install_hint: str | None = None
+    native_pipeline: Callable[[nn.Module], Any] | None = None
     description: str = ""
     _pruned: dict = field(default_factory=dict, repr=False)
 
@@ -230,11 +234,23 @@ def _by_model_type(model_type: str, config: Any = None) -> Family | None:
     return next((f for f in candidates if f.config_matches is None), None)
 
 
+def _by_config(config: Any) -> Family | None:
+    """The family a configuration names (`architectures`) or whose configuration class it is, where only one has it."""
+    for architecture in getattr(config, "architectures", None) or ():
+        for family in _FAMILIES.values():
+            if architecture in family.model_classes:
+                return family
+    name = type(config).__name__
+    owners = [f for f in _FAMILIES.values() if f.base_config_class.partition(":")[2] == name]
+    return owners[0] if len(owners) == 1 else None
+
+
 def family_of(model_or_config: nn.Module | Any | str) -> str | None:
     """The family name of a model, a configuration, a `model_type` string or a family name (`None`: unknown).
 
-    A model is matched by its class (or a base class); a configuration by `base_model_type` (pruned checkpoints) or
-    `model_type` (Chronos and Chronos-Bolt share `"t5"`: a `chronos_config` with `input_patch_size` is Bolt's).
+    A model is matched by its class (or a base class); a configuration by `base_model_type` (pruned checkpoints), the
+    model class it names (`architectures`), a configuration class only one family uses, or `model_type` (Chronos and
+    Chronos-Bolt share `"t5"`: a `chronos_config` with `input_patch_size` is Bolt's).
     """
     if isinstance(model_or_config, str):
         name = model_or_config.removeprefix(MODEL_TYPE_PREFIX)  # a pruned checkpoint's `model_type`
@@ -253,6 +269,9 @@ def family_of(model_or_config: nn.Module | Any | str) -> str | None:
     base_model_type = getattr(config, "base_model_type", None)
     if base_model_type in _FAMILIES:  # a pruned hf_tsprune checkpoint: its family
         return base_model_type
+    family = _by_config(config) if config is not None else None
+    if family is not None:
+        return family.name
     model_type = getattr(config, "model_type", None)
     family = _by_model_type(model_type, config) if model_type else None
     return family.name if family is not None else None

@@ -92,6 +92,10 @@ class AttentionGroup:
             selects those heads from the shared tensor. The kept heads are recorded in the layout (`kept_heads`), and
             a block left with no head stays in place with zero-width projections (its forward must support that)
             instead of being replaced by `EmptyAttention`.
+        keep_empty_blocks (`bool`, *optional*, defaults to `False`):
+            Keep a block left with no head in place, with zero-width projections, instead of replacing it by
+            `EmptyAttention`: for blocks whose callers read more than a tuple from them (Chronos-2's attention returns
+            a `ModelOutput`); `v_head_dim_forward` (required with it) must support zero heads.
         module_classes (`tuple[str, ...]`, *optional*):
             When given, only modules whose class (or a base class) has one of these names match.
         num_outputs (`int`, *optional*, defaults to 2):
@@ -111,6 +115,7 @@ class AttentionGroup:
     kv_groups_attr: str | None = None
     v_head_dim_forward: Callable | None = None
     kept_heads_attr: str | None = None
+    keep_empty_blocks: bool = False
     module_classes: tuple[str, ...] = ()
     num_outputs: int = 2
 
@@ -126,6 +131,16 @@ class AttentionGroup:
             raise ValueError(
                 f"AttentionGroup({self.pattern!r}): `kept_heads_attr` needs a `v_head_dim_forward` that reads it."
             )
+        if self.keep_empty_blocks and self.v_head_dim_forward is None:
+            raise ValueError(
+                f"AttentionGroup({self.pattern!r}): `keep_empty_blocks` needs a `v_head_dim_forward` that supports "
+                "zero heads."
+            )
+
+    @property
+    def empty_in_place(self) -> bool:
+        """Whether a block left with no head stays in place (zero-width projections) instead of `EmptyAttention`."""
+        return self.keep_empty_blocks or self.kept_heads_attr is not None
 
 
 Group = MLPGroup | AttentionGroup

@@ -198,7 +198,7 @@ def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_em
             f"The masks remove every head of {masked.name}. Pass `allow_empty_blocks=True` to replace the block by "
             "its exact constant equivalent (`EmptyAttention`), or keep `min_units_per_group >= 1` when pruning."
         )
-    if kept_heads.numel() == 0 and group.kept_heads_attr is None:
+    if kept_heads.numel() == 0 and not group.empty_in_place:
         o = module.get_submodule(group.o)
         after = o.bias.numel() if o.bias is not None else 0
         return GroupPlan(
@@ -214,7 +214,7 @@ def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_em
     if filled:
         keep_v = torch.stack([f[0] for f in filled])
         zero = torch.stack([f[1] for f in filled])
-    else:  # no head left, kept in place (kept_heads_attr)
+    else:  # no head left, kept in place (`empty_in_place`)
         keep_v = torch.zeros(0, new_dim, dtype=torch.long)
         zero = torch.zeros(0, new_dim, dtype=torch.bool)
     q, k, v, o = (module.get_submodule(getattr(group, a)) for a in "qkvo")
@@ -304,7 +304,7 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
             setattr(module, attr, plan.width_after)
         return
     o = module.get_submodule(group.o)
-    if plan.heads_after == 0 and group.kept_heads_attr is None:
+    if plan.heads_after == 0 and not group.empty_in_place:
         set_submodule(model, masked.name, empty_attention(o, group.num_outputs))
         return
     q, k, v = (module.get_submodule(getattr(group, a)) for a in "qkv")

@@ -223,6 +223,14 @@ class ChronosAdapter(ForecastAdapter):
         return ModelForecast(mean=paths.mean(dim=1)[:, :, None], quantiles=quantiles, quantile_levels=levels)
 
 
+def chronos_pipeline(model: nn.Module):
+    """`chronos.ChronosPipeline` around a (dense or pruned) Chronos model."""
+    from chronos import ChronosModel, ChronosPipeline
+
+    settings = chronos_settings(model)
+    return ChronosPipeline(tokenizer=settings.create_tokenizer(), model=ChronosModel(settings, model))
+
+
 def training_inputs(model: nn.Module, features: list[dict], freq_index: int = 0) -> dict:
     """Chronos: context and target tokenised with the checkpoint's tokenizer (target with the context's scale, EOS
     appended); padding and missing target tokens are `-100` in `labels`, so the T5 cross-entropy skips them."""
@@ -259,6 +267,7 @@ CHRONOS = register_family(
         extra_auto_classes=("AutoModelForSeq2SeqLM",),  # what `chronos.ChronosPipeline.from_pretrained` uses
         requires="chronos",
         install_hint=CHRONOS_INSTALL,
+        native_pipeline=chronos_pipeline,
         description="Chronos (Amazon): T5 over value tokens",
     )
 )

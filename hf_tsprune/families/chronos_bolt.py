@@ -66,6 +66,13 @@ def training_inputs(model: nn.Module, features: list[dict], freq_index: int = 0)
     return {"context": past, "mask": past_observed, "target": future, "target_mask": future_observed > 0}
 
 
+def chronos_bolt_pipeline(model: nn.Module):
+    """`chronos.ChronosBoltPipeline` around a (dense or pruned) Chronos-Bolt model."""
+    from chronos import ChronosBoltPipeline
+
+    return ChronosBoltPipeline(model=model)
+
+
 def is_chronos_bolt_config(config) -> bool:
     """Whether a `t5` configuration is Chronos-Bolt's (its `chronos_config` has input patches)."""
     return "input_patch_size" in (getattr(config, "chronos_config", None) or {})
@@ -98,6 +105,7 @@ CHRONOS_BOLT = register_family(
         pruned_config_class_name="PrunedChronosBoltConfig",
         requires="chronos",
         install_hint=CHRONOS_INSTALL,
+        native_pipeline=chronos_bolt_pipeline,
         description="Chronos-Bolt (Amazon): patches into a T5, quantile head",
     )
 )
