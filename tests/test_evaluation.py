@@ -250,7 +250,7 @@ def test_load_forecaster_local_folder_and_errors(tmp_path):
     model.save_pretrained(tmp_path / "patchtst")
     loaded = load_forecaster(tmp_path / "patchtst")
     assert isinstance(loaded, PatchTSTForPrediction) and not loaded.training
-    assert set(families()) == {"timesfm", "timesfm2_5", "patchtst", "patchtsmixer", "chronos", "chronos_bolt", "ttm"}
+    assert {"timesfm", "timesfm2_5", "patchtst", "patchtsmixer", "chronos", "chronos_bolt", "ttm"} <= set(families())
     with pytest.raises(ValueError, match="Unsupported model type 'bert'.*PatchTSTForPrediction"):
         get_adapter("bert")
 

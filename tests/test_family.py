@@ -33,7 +33,7 @@ FAMILIES = ("timesfm", "timesfm2_5", "patchtst", "patchtsmixer", "chronos", "chr
 
 
 def test_every_family_is_registered_once_and_found_from_every_key():
-    assert tuple(sorted(families())) == tuple(sorted(FAMILIES))
+    assert set(FAMILIES) <= set(families())  # (and every file added to hf_tsprune/families/)
     for name, family in families().items():
         assert family.name == family.spec.name == family.adapter.family == name
         assert get_family(name, require=False) is family

@@ -1,17 +1,12 @@
-"""One file per model family; importing this package registers them all (`hf_tsprune.register_family`).
-
-| family | model class | needs |
-|---|---|---|
-| `timesfm` | `TimesFmModelForPrediction` | transformers |
-| `timesfm2_5` | `TimesFm2_5ModelForPrediction` | transformers |
-| `patchtst` | `PatchTSTForPrediction` | transformers |
-| `patchtsmixer` | `PatchTSMixerForPrediction` | transformers |
-| `chronos` | `T5ForConditionalGeneration` (chronos-forecasting checkpoints) | `chronos-forecasting` |
-| `chronos_bolt` | `ChronosBoltModelForForecasting` | `chronos-forecasting` |
-| `ttm` | `TinyTimeMixerForPrediction` | `granite-tsfm` |
+"""One file per model family; importing this package imports every module in it, and each registers its family
+(`hf_tsprune.register_family`). Adding a family is adding a file here.
 
 A family file imports its optional package only inside the functions that use it, so every family registers (as
-unavailable where its package is missing) with the core dependencies alone.
+unavailable where its package is missing) with the core dependencies alone; `hf_tsprune.families()` lists them.
 """
 
-from . import chronos, chronos_bolt, patchtsmixer, patchtst, timesfm, timesfm2_5, ttm  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
