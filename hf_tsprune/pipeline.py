@@ -36,7 +36,7 @@ from .masks import install_masks
 from .results import MaskSetResult, RunResult, SplitMetrics
 from .scoring import PruningConfig
 from .surgery import PruningPlan, shrink
-from .training import ForecastCollator, dropout_disabled, training_horizon, training_label_names
+from .training import ForecastCollator, dropout_disabled, training_label_names, training_target_length
 
 logger = logging.get_logger(__name__)
 
@@ -266,7 +266,7 @@ class TaskData:
         test (`datasets.Dataset`): Test windows (stride 1, the protocol), with targets of `prediction_length` steps.
         prediction_length (`int`): The task horizon: the steps every test figure scores.
         training_target_length (`int`): Target steps of the training and validation windows: the family's training
-            horizon for `prediction_length` (`hf_tsprune.training.training_horizon`).
+            horizon for `prediction_length` (`hf_tsprune.training.training_target_length`).
     """
 
     train: datasets.Dataset
@@ -286,11 +286,11 @@ def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
     with `prediction_length` targets from them."""
     from .adapters import get_adapter
 
-    training_target_length = training_horizon(model, args.prediction_length)
+    target_length = training_target_length(model, args.prediction_length)
     collection = load_time_series(args.dataset, data_dir=args.data_dir, target=args.target)
     windows = dict(context_length=args.context_length, keep_channel_axis=not get_adapter(model).univariate)
     training = build_window_datasets(
-        collection, prediction_length=training_target_length, stride=args.train_stride,
+        collection, prediction_length=target_length, stride=args.train_stride,
         eval_stride=args.validation_stride, splits=("train", "validation"), **windows,
     )  # fmt: skip
     test = build_window_datasets(
@@ -301,7 +301,7 @@ def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
         validation=training["validation"],
         test=test["test"],
         prediction_length=args.prediction_length,
-        training_target_length=training_target_length,
+        training_target_length=target_length,
     )
 
 

@@ -88,7 +88,7 @@ def training_label_names(model: nn.Module) -> list[str]:
     return list(_training_family(base_model(model)).label_names)
 
 
-def training_horizon(model: nn.Module, prediction_length: int) -> int:
+def training_target_length(model: nn.Module, prediction_length: int) -> int:
     """Length of the `future_values` the family's loss takes when the task's horizon is `prediction_length`.
 
     TimesFM 1.x compares its whole native horizon with the target, so it trains on `horizon_length` steps (the
