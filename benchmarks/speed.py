@@ -1,30 +1,39 @@
 """Dense vs shrunk forecast latency, FLOP ratios, and the cost of a prune-run step, per architecture.
 
-    python benchmarks/speed.py                                   # every released layout, ~50% pruned
-    python benchmarks/speed.py --models chronos chronos_bolt ttm  # needs chronos-forecasting, granite-tsfm
-    python benchmarks/speed.py --models patchtst timesfm --repeats 5 --output_dir benchmarks/results
+    python benchmarks/speed.py                                     # every released layout, ~50% pruned, 1 thread
+    python benchmarks/speed.py --models chronos chronos_bolt ttm    # needs chronos-forecasting, granite-tsfm
+    python benchmarks/speed.py --round_to 1 8 --models timesfm2_5    # does rounding kept widths buy speed?
+    python benchmarks/speed.py --macro_batch 8192 --models timesfm2_5 chronos_bolt  # the paper's prune-run step
+    python benchmarks/speed.py --device cuda --dtype bfloat16         # on a GPU: speed-cuda.json / speed-cuda.md
 
 For each architecture's default config (the released layout, random weights) the script prunes about 50% of the
 prunable units — half of each attention layer's key/value heads and half of each feed-forward block's channels, chosen
-at random — and shrinks the model. It then measures, on CPU:
+at random — and shrinks a copy of the model. It then measures:
 
-- forecast latency of the dense and the shrunk model at batch 1 and batch 64 (warm-up, then the median of repeats),
-  next to the FLOP ratio counted by `torch.utils.flop_counter`;
+- forecast latency of the dense and the shrunk model at batch 1 and batch 64, timed interleaved (dense, shrunk,
+  shrunk, dense, ... after warm-up, on a fixed number of intra-op threads, `--threads`, default 1) until the
+  interquartile range of the per-pair speed-ups is within 3% of their median or the time budget is spent; the
+  speed-up reported is the median of the per-pair speed-ups with its interquartile range and the number of pairs,
+  next to the FLOP ratio counted by `torch.utils.flop_counter`. "Never slower" means the third quartile of the
+  speed-ups is at least 1;
 - one prune-run step (masks installed, weights frozen: forward, backward, Taylor-score update) against one dense
-  finetune step (forward, backward, AdamW step) on the same batch, with the peak resident memory of each, measured in
-  a fresh subprocess per step kind.
+  finetune step (forward, backward, AdamW step) on the same batch, with the peak memory of each (resident memory on
+  CPU, allocated memory on CUDA), in a fresh subprocess per step kind; with `--macro_batch N`, also one optimizer step
+  over N windows through gradient accumulation (the paper's macro batch is 8192) for `--macro_models`.
 
 Chronos, Chronos-Bolt and TTM use the released layouts written out in `tests/families.py` (chronos-t5-small,
 chronos-bolt-small, TTM r2 512-96). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
 (the logits it samples from), not autoregressive sampling; its training step is the token cross-entropy, Chronos-Bolt's
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
-Prints a markdown table and writes `speed.json` and `speed.md` in `--output_dir`.
+Prints markdown tables and writes `speed.json` and `speed.md` (`speed-cuda.*` on a GPU) in `--output_dir`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import os
 import platform
@@ -32,11 +41,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from hf_tsprune import PruningConfig, TaylorScorer, get_spec, install_masks, shrink
+from hf_tsprune import PruningConfig, TaylorScorer, get_family, get_spec, install_masks, shrink
 from hf_tsprune.adapters import family_of, get_adapter
 from hf_tsprune.masks import describe_groups
 from hf_tsprune.training import training_inputs
@@ -126,30 +136,111 @@ def targets(model: torch.nn.Module, batch_size: int) -> torch.Tensor:
     return torch.randn(batch_size, config.prediction_length, config.num_input_channels)
 
 
-@torch.no_grad()
-def latency(model: torch.nn.Module, inputs: dict, repeats: int, warmup: int = 1) -> float:
-    spec = get_spec(model)
-    for _ in range(warmup):
-        spec.forecast(model, inputs)
-    times = []
-    for _ in range(repeats):
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def interleaved_timing(
+    run_dense: Callable[[], object],
+    run_shrunk: Callable[[], object],
+    *,
+    warmup: int = 2,
+    min_pairs: int = 7,
+    max_pairs: int = 400,
+    max_seconds: float = 60.0,
+    target_spread: float = 0.03,
+    synchronize: Callable[[], None] | None = None,
+) -> dict:
+    """Times two callables interleaved (dense, shrunk, shrunk, dense, ...: each pair in alternating order, so that a
+    drift of the machine's speed hits both alike) after `warmup` calls of each.
+
+    Pairs are timed until the interquartile range of the per-pair speed-ups is at most `target_spread` of their median
+    (and at least `min_pairs`), or `max_pairs` / `max_seconds` is reached.
+
+    Returns:
+        `{"dense_ms", "dense_iqr_ms", "shrunk_ms", "shrunk_iqr_ms", "speedup", "speedup_q1", "speedup_q3", "pairs"}`:
+        medians and interquartile ranges of the times, and the median and quartiles of the per-pair speed-ups
+        (dense time / shrunk time of the same pair).
+    """
+    sync = synchronize or (lambda: None)
+
+    def timed(run) -> float:
+        sync()
         start = time.perf_counter()
-        spec.forecast(model, inputs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        run()
+        sync()
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        timed(run_dense)
+        timed(run_shrunk)
+    dense, shrunk, started = [], [], time.perf_counter()
+    while len(dense) < max_pairs:
+        if len(dense) % 2 == 0:
+            dense.append(timed(run_dense))
+            shrunk.append(timed(run_shrunk))
+        else:
+            shrunk.append(timed(run_shrunk))
+            dense.append(timed(run_dense))
+        if len(dense) >= min_pairs:
+            q1, median, q3 = _quartiles([d / s for d, s in zip(dense, shrunk)])
+            if (q3 - q1) <= target_spread * median or time.perf_counter() - started > max_seconds:
+                break
+    ratio_q1, ratio, ratio_q3 = _quartiles([d / s for d, s in zip(dense, shrunk)])
+    (d1, dense_ms, d3), (s1, shrunk_ms, s3) = _quartiles(dense), _quartiles(shrunk)
+    return {
+        "dense_ms": 1e3 * dense_ms,
+        "dense_iqr_ms": 1e3 * (d3 - d1),
+        "shrunk_ms": 1e3 * shrunk_ms,
+        "shrunk_iqr_ms": 1e3 * (s3 - s1),
+        "speedup": ratio,
+        "speedup_q1": ratio_q1,
+        "speedup_q3": ratio_q3,
+        "pairs": len(dense),
+    }
 
 
-def step_worker(name: str, kind: str, batch_size: int, repeats: int) -> dict:
-    """Times one training step of `kind` ("prune" or "finetune") in this (fresh) process."""
-    model = build(name).train()
-    inputs = loss_inputs(model, batch_size)
+def to_device(inputs: dict, device: str, dtype: torch.dtype) -> dict:
+    """Tensors of `inputs` on `device`; floating ones in `dtype`."""
+    moved = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        moved[key] = value
+    return moved
+
+
+def synchronizer(device: str) -> Callable[[], None] | None:
+    return torch.cuda.synchronize if device.startswith("cuda") else None
+
+
+def step_worker(
+    name: str,
+    kind: str,
+    batch_size: int,
+    repeats: int,
+    accumulate: int = 1,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    """Times one optimizer step of `kind` ("prune" or "finetune") in this (fresh) process: `accumulate` micro-batches
+    of `batch_size` windows (forward + backward each; gradient accumulation gives the macro batch), then the Taylor
+    score update (prune) or the AdamW step (finetune)."""
+    torch_dtype = getattr(torch, dtype)
+    model = build(name).to(device=device, dtype=torch_dtype).train()
+    inputs = to_device(loss_inputs(model, batch_size), device, torch_dtype)
     if kind == "prune":
         groups = install_masks(model)
         scorer = TaylorScorer(PruningConfig(), [g.num_units for g in groups], [g.unit_cost for g in groups],
                               [g.group.kind == "mlp" for g in groups])  # fmt: skip
 
         def step():
-            model(**inputs).loss.backward()
+            for _ in range(accumulate):
+                model(**inputs).loss.backward()
             scorer.update([g.mask.grad for g in groups], [g.mask for g in groups])
             for g in groups:
                 g.mask.grad = None
@@ -157,17 +248,22 @@ def step_worker(name: str, kind: str, batch_size: int, repeats: int) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
         def step():
-            model(**inputs).loss.backward()
+            for _ in range(accumulate):
+                model(**inputs).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+    sync = synchronizer(device) or (lambda: None)
     step()  # warm-up (also allocates optimizer state)
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "peak_rss_mib": peak_rss_kib() / 1024}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_kib() / 1024
+    return {"seconds": statistics.median(times), "peak_mib": peak, "repeats": repeats}
 
 
 def peak_rss_kib() -> int:
@@ -177,67 +273,124 @@ def peak_rss_kib() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
-def run_step(name: str, kind: str, batch_size: int, repeats: int) -> dict:
-    cmd = [sys.executable, __file__, "--_step", name, kind, str(batch_size), str(repeats)]
+def run_step(name: str, kind: str, batch_size: int, repeats: int, accumulate: int, device: str, dtype: str) -> dict:
+    """`step_worker` in a fresh subprocess (its peak memory is the step's alone), on the same thread count."""
+    cmd = [sys.executable, __file__, "--_step", name, kind, str(batch_size), str(repeats), str(accumulate), device,
+           dtype, "--threads", str(torch.get_num_threads())]  # fmt: skip
     out = subprocess.run(
         cmd, check=True, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def benchmark(name: str, repeats: int, step_batch: int) -> dict:
-    model = build(name)
-    spec = get_spec(model)
-    result = {"model": type(model).__name__}
-    inputs = {b: spec.example_inputs(model, b, generator=torch.Generator().manual_seed(0)) for b in (1, 64)}
-    dense = {b: latency(model, inputs[b], repeats) for b in (1, 64)}
-    install_masks(model)
-    plan = shrink(model, half_masks(model), example_inputs=inputs[1])
-    shrunk = {b: latency(model, inputs[b], repeats) for b in (1, 64)}
-    flop_ratio = plan.flops_before / plan.flops_after
+def benchmark(
+    name: str,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    round_to: int = 1,
+    timing: dict | None = None,
+    step_batch: int = 16,
+    step_repeats: int = 3,
+    macro_batch: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    """Dense vs shrunk forecast latency (interleaved, see `interleaved_timing`) at each batch size, FLOPs and
+    parameters, and the prune-run step vs the dense finetune step (at `step_batch`, and at `macro_batch` windows
+    through gradient accumulation when given; `step_batch=0` skips the steps)."""
+    torch_dtype = getattr(torch, dtype)
+    dense = build(name)
+    spec = get_spec(dense)
+    example = spec.example_inputs(dense, 1, generator=torch.Generator().manual_seed(0))
+    shrunk = copy.deepcopy(dense)
+    install_masks(shrunk)
+    plan = shrink(shrunk, half_masks(shrunk), example_inputs=example, round_to=round_to)
+    result = {"model": type(dense).__name__, "family": get_family(dense).name, "round_to": round_to}
     result.update(
         params_before=plan.params_before,
         params_after=plan.params_after,
         unit_sparsity=plan.sparsity,
         flops_before=plan.flops_before,
         flops_after=plan.flops_after,
-        flop_ratio=flop_ratio,
+        flop_ratio=plan.flops_before / plan.flops_after,
         max_rel_error=plan.max_rel_error,
     )
-    for b in (1, 64):
-        result[f"dense_ms_b{b}"] = 1e3 * dense[b]
-        result[f"shrunk_ms_b{b}"] = 1e3 * shrunk[b]
-        result[f"speedup_b{b}"] = dense[b] / shrunk[b]
-    result["speedup_over_flop_ratio_b64"] = result["speedup_b64"] / flop_ratio
-    del model
-    prune, finetune = (run_step(name, k, step_batch, repeats) for k in ("prune", "finetune"))
-    result.update(
-        step_batch=step_batch,
-        prune_step_ms=1e3 * prune["seconds"],
-        finetune_step_ms=1e3 * finetune["seconds"],
-        prune_over_finetune_time=prune["seconds"] / finetune["seconds"],
-        prune_step_peak_rss_mib=prune["peak_rss_mib"],
-        finetune_step_peak_rss_mib=finetune["peak_rss_mib"],
-        prune_over_finetune_memory=prune["peak_rss_mib"] / finetune["peak_rss_mib"],
-    )
+    dense.to(device=device, dtype=torch_dtype)
+    shrunk.to(device=device, dtype=torch_dtype)
+    for batch in batch_sizes:
+        inputs = to_device(
+            spec.example_inputs(dense, batch, generator=torch.Generator().manual_seed(0)), device, torch_dtype
+        )
+        with torch.no_grad():
+            measured = interleaved_timing(
+                functools.partial(spec.forecast, dense, inputs),
+                functools.partial(spec.forecast, shrunk, inputs),
+                synchronize=synchronizer(device),
+                **(timing or {}),
+            )
+        result.update({f"{key}_b{batch}": value for key, value in measured.items()})
+        result[f"speedup_over_flop_ratio_b{batch}"] = measured["speedup"] / result["flop_ratio"]
+        # never slower: a speed-up below 1 only within the measured spread
+        result[f"never_slower_b{batch}"] = measured["speedup_q3"] >= 1.0
+    del dense, shrunk
+    steps = [(step_batch, 1)] if step_batch else []
+    if macro_batch:
+        steps.append((step_batch, -(-macro_batch // step_batch)))
+    for batch, accumulate in steps:
+        suffix = "" if accumulate == 1 else "_macro"
+        repeats = step_repeats if accumulate == 1 else 1
+        prune, finetune = (run_step(name, k, batch, repeats, accumulate, device, dtype) for k in ("prune", "finetune"))
+        result.update({
+            f"step_batch{suffix}": batch * accumulate,
+            f"prune_step_ms{suffix}": 1e3 * prune["seconds"],
+            f"finetune_step_ms{suffix}": 1e3 * finetune["seconds"],
+            f"prune_over_finetune_time{suffix}": prune["seconds"] / finetune["seconds"],
+            f"prune_step_peak_mib{suffix}": prune["peak_mib"],
+            f"finetune_step_peak_mib{suffix}": finetune["peak_mib"],
+            f"prune_over_finetune_memory{suffix}": prune["peak_mib"] / finetune["peak_mib"],
+        })  # fmt: skip
     return result
 
 
-def markdown(results: list[dict]) -> str:
+def _speedup(r: dict, batch: int) -> str:
+    return (
+        f"{r[f'speedup_b{batch}']:.2f}× [{r[f'speedup_q1_b{batch}']:.2f}–{r[f'speedup_q3_b{batch}']:.2f}] "
+        f"({r[f'dense_ms_b{batch}']:.3g} → {r[f'shrunk_ms_b{batch}']:.3g} ms, {r[f'pairs_b{batch}']} pairs)"
+    )
+
+
+def markdown(results: list[dict], batch_sizes: tuple[int, ...] = (1, 64)) -> str:
+    """The latency table (speed-up: median [interquartile range] of the per-pair speed-ups) and, where measured, the
+    prune-step table."""
+    head = " | ".join(f"speed-up b{b}" for b in batch_sizes)
+    ratio = " | ".join(f"b{b} / FLOP ratio" for b in batch_sizes)
     lines = [
-        "| model | params dense → shrunk | FLOP ratio | speed-up b1 | speed-up b64 | b64 speed-up / FLOP ratio | "
-        "prune step / finetune step (time) | (peak memory) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| model | round_to | params dense → shrunk | FLOP ratio | {head} | {ratio} |",
+        "|---|---|---|---|" + "---|" * (2 * len(batch_sizes)),
     ]
     for r in results:
+        cells = " | ".join(_speedup(r, b) for b in batch_sizes)
+        ratios = " | ".join(f"{r[f'speedup_over_flop_ratio_b{b}']:.2f}" for b in batch_sizes)
         lines.append(
-            f"| {r['model']} | {r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M | {r['flop_ratio']:.2f}× | "
-            f"{r['speedup_b1']:.2f}× ({r['dense_ms_b1']:.1f} → {r['shrunk_ms_b1']:.1f} ms) | "
-            f"{r['speedup_b64']:.2f}× ({r['dense_ms_b64']:.0f} → {r['shrunk_ms_b64']:.0f} ms) | "
-            f"{r['speedup_over_flop_ratio_b64']:.2f} | {r['prune_over_finetune_time']:.2f} "
-            f"({r['prune_step_ms']:.0f} vs {r['finetune_step_ms']:.0f} ms) | {r['prune_over_finetune_memory']:.2f} "
-            f"({r['prune_step_peak_rss_mib']:.0f} vs {r['finetune_step_peak_rss_mib']:.0f} MiB) |"
+            f"| {r['model']} | {r['round_to']} | {r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M | "
+            f"{r['flop_ratio']:.2f}× | {cells} | {ratios} |"
         )
+    steps = [r for r in results if "prune_step_ms" in r]
+    if steps:
+        lines += [
+            "",
+            "| model | windows per step | prune step / finetune step (time) | (peak memory) |",
+            "|---|---|---|---|",
+        ]
+        for r in steps:
+            for suffix in ("", "_macro"):
+                if f"prune_step_ms{suffix}" in r:
+                    lines.append(
+                        f"| {r['model']} | {r[f'step_batch{suffix}']} | {r[f'prune_over_finetune_time{suffix}']:.2f} "
+                        f"({r[f'prune_step_ms{suffix}']:.0f} vs {r[f'finetune_step_ms{suffix}']:.0f} ms) | "
+                        f"{r[f'prune_over_finetune_memory{suffix}']:.2f} ({r[f'prune_step_peak_mib{suffix}']:.0f} vs "
+                        f"{r[f'finetune_step_peak_mib{suffix}']:.0f} MiB) |"
+                    )
     return "\n".join(lines)
 
 
@@ -247,31 +400,70 @@ def main():
         "--models", nargs="+", default=[n for n in BUILDERS if available(n)], choices=list(BUILDERS),
         help="default: every family whose packages are installed",
     )  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--step_batch", type=int, default=16, help="batch size of the prune/finetune step timing")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (fixed for every measurement)")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--round_to", type=int, nargs="+", default=[1], help="shrink with each of these round_to")
+    parser.add_argument("--min_pairs", type=int, default=7, help="fewest interleaved dense/shrunk timing pairs")
+    parser.add_argument("--max_seconds", type=float, default=60.0, help="timing budget per model and batch size")
+    parser.add_argument("--step_batch", type=int, default=16, help="micro-batch of the prune/finetune step (0: skip)")
+    parser.add_argument("--step_repeats", type=int, default=3)
+    parser.add_argument(
+        "--macro_batch", type=int, default=0, help="also time steps of this many windows (accumulated)"
+    )
+    parser.add_argument("--macro_models", nargs="+", default=["timesfm2_5", "chronos_bolt"], choices=list(BUILDERS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--_step", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--output_name", default=None, help="file stem of the results (default speed / speed-cuda)")
+    parser.add_argument("--_step", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args._step:
-        name, kind, batch, repeats = args._step
-        print(json.dumps(step_worker(name, kind, int(batch), int(repeats))))
+        name, kind, batch, repeats, accumulate, device, dtype = args._step
+        print(json.dumps(step_worker(name, kind, int(batch), int(repeats), int(accumulate), device, dtype)))
         return
     torch.manual_seed(0)
-    results = []
+    timing = {"min_pairs": args.min_pairs, "max_seconds": args.max_seconds}
+    results, started = [], time.perf_counter()
     for name in args.models:
-        print(f"benchmarking {name} ...", flush=True)
-        results.append(benchmark(name, args.repeats, args.step_batch))
-    table = markdown(results)
+        for round_to in args.round_to:
+            print(f"benchmarking {name} (round_to {round_to}) ...", flush=True)
+            results.append(
+                benchmark(
+                    name, batch_sizes=tuple(args.batch_sizes), round_to=round_to, timing=timing,
+                    step_batch=args.step_batch if round_to == args.round_to[0] else 0, step_repeats=args.step_repeats,
+                    macro_batch=args.macro_batch if name in args.macro_models and round_to == args.round_to[0] else 0,
+                    device=args.device, dtype=args.dtype,
+                )
+            )  # fmt: skip
+    table = markdown(results, tuple(args.batch_sizes))
     print(table)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "dtype": args.dtype,
         "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "min_pairs": args.min_pairs,
+        "max_seconds_per_timing": args.max_seconds,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "command": " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]]),
     }
-    (out / "speed.json").write_text(json.dumps({"environment": meta, "results": results}, indent=2))
-    (out / "speed.md").write_text(f"CPU, {meta['threads']} threads, torch {meta['torch']}\n\n{table}\n")
+    stem = args.output_name or ("speed" if args.device == "cpu" else "speed-cuda")
+    (out / f"{stem}.json").write_text(json.dumps({"environment": meta, "results": results}, indent=2))
+    where = (
+        f"{meta['device']}, {args.dtype}"
+        if args.device != "cpu"
+        else f"CPU ({meta['cpu']}, {meta['cpu_count']} cores)"
+    )
+    header = (
+        f"{where}, {meta['threads']} thread(s), torch {meta['torch']}; `{meta['command']}` ({meta['wall_seconds']:.0f} s)."
+        "\nSpeed-ups: median [interquartile range] of dense/shrunk time over interleaved pairs.\n"
+    )
+    (out / f"{stem}.md").write_text(f"{header}\n{table}\n")
 
 
 if __name__ == "__main__":
