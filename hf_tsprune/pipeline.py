@@ -81,6 +81,23 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def process_state(use_cpu: bool = False):
+    """The run's `accelerate.PartialState` (on CPU with `use_cpu`), with a warning where `accelerate launch --use_fsdp`
+    asked for FSDP on CPU processes: accelerate applies FSDP on accelerators only and runs CPU processes as plain DDP
+    (every rank holds the whole model), silently (accelerate 1.16, torch 2.13, whose own FSDP2 does run on CPU over
+    gloo)."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=use_cpu)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and state.device.type == "cpu":
+        logger.warning(
+            f"FSDP was requested (`accelerate launch --use_fsdp`), but these {state.num_processes} processes run on "
+            "CPU, where accelerate runs them as MULTI_CPU data parallelism: each holds the whole model. Drop "
+            "--use_fsdp on CPU, or run on GPUs to shard."
+        )
+    return state
+
+
 # -- settings: one dataclass per recipe, parsed once ------------------------------------------------------------------
 
 REFERENCE_MODEL_DIR = os.path.join(os.path.dirname(__file__), "reference_model")

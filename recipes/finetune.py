@@ -15,8 +15,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from accelerate import PartialState
-
 from hf_tsprune.pipeline import (
     StageTimer,
     TaskArguments,
@@ -28,6 +26,7 @@ from hf_tsprune.pipeline import (
     parse_arguments,
     prepare_output_dir,
     print_summary,
+    process_state,
     save_outputs,
     seed_everything,
     test_metrics,
@@ -57,7 +56,7 @@ def parse_learning_rates(args: FinetuneArguments) -> list[float]:
 
 def main(argv: list[str] | None = None) -> RunResult:
     args = parse_arguments(FinetuneArguments, argv)
-    state = PartialState()
+    state = process_state(args.use_cpu)
     learning_rates = parse_learning_rates(args)
     prepare_output_dir(args, state.is_main_process)
     seed_everything(args.seed)

@@ -44,7 +44,6 @@ import itertools
 import os
 from dataclasses import asdict, dataclass
 
-from accelerate import PartialState
 from torch import nn
 
 from hf_tsprune.pipeline import (
@@ -61,6 +60,7 @@ from hf_tsprune.pipeline import (
     parse_arguments,
     prepare_output_dir,
     print_summary,
+    process_state,
     prune_stage,
     save_outputs,
     seed_everything,
@@ -130,7 +130,7 @@ def prune_and_finetune(
 
 def main(argv: list[str] | None = None) -> RunResult:
     args = parse_arguments(PruneFinetuneArguments, argv)
-    state = PartialState()
+    state = process_state(args.use_cpu)
     grid = parse_grid(args.grid)
     for point in grid:  # every setting is checked before any work starts
         dataclasses.replace(args, **point)
