@@ -22,7 +22,7 @@ at random — and shrinks a copy of the model. It then measures:
   over N windows through gradient accumulation (the paper's macro batch is 8192) for `--macro_models`.
 
 Chronos, Chronos-Bolt and TTM use the released layouts written out in `tests/families.py` (chronos-t5-small,
-chronos-bolt-small, TTM r2 512-96). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
+chronos-bolt-small, TTM r2 512-96), Chronos-2 the 120 M widths of `tests/test_chronos2.py` (context 512). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
 (the logits it samples from), not autoregressive sampling; its training step is the token cross-entropy, Chronos-Bolt's
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
@@ -52,17 +52,22 @@ from hf_tsprune.masks import describe_groups
 from hf_tsprune.training import training_inputs
 
 
-def released_layout(name: str):
-    """A builder of a family whose released layout is written out in `tests/families.py` (needs its package)."""
+def released_layout(name: str, filename: str = "families.py", build_released: Callable | None = None):
+    """A builder of a family whose released layout is written out in a test file (needs its package): by default
+    `tests/families.py`'s `DEFAULT[name]`, else `build_released(module)` of `tests/<filename>`."""
 
     def build_model() -> torch.nn.Module:
         import importlib.util
 
-        path = Path(__file__).resolve().parent.parent / "tests" / "families.py"
-        spec = importlib.util.spec_from_file_location("hf_tsprune_test_families", path)
-        families = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(families)
-        return families.DEFAULT[name]()
+        tests = Path(__file__).resolve().parent.parent / "tests"
+        sys.path.insert(0, str(tests))  # the test files import their helpers by name
+        try:
+            spec = importlib.util.spec_from_file_location(f"hf_tsprune_test_{Path(filename).stem}", tests / filename)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(tests))
+        return build_released(module) if build_released else module.DEFAULT[name]()
 
     return build_model
 
@@ -75,10 +80,11 @@ BUILDERS = {
     "chronos": released_layout("chronos"),
     "chronos_bolt": released_layout("chronos_bolt"),
     "ttm": released_layout("ttm"),
+    "chronos2": released_layout("chronos2", "test_chronos2.py", lambda module: module.build(module.RELEASED)),
 }
 """Name -> transformers (config class, model class) names built with their defaults, or a builder function."""
 
-PACKAGES = {"chronos": "chronos", "chronos_bolt": "chronos", "ttm": "tsfm_public"}
+PACKAGES = {"chronos": "chronos", "chronos_bolt": "chronos", "chronos2": "chronos", "ttm": "tsfm_public"}
 """Optional packages a family needs (its model class, or Chronos' tokenizer for the training step)."""
 
 
@@ -116,10 +122,11 @@ def half_masks(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]
 
 def loss_inputs(model: torch.nn.Module, batch_size: int) -> dict:
     """Forward arguments for one training step with the family's own loss."""
-    if family_of(model) in ("chronos", "chronos_bolt", "ttm"):  # tokenised / masked targets: the collator's inputs
+    if family_of(model) in ("chronos", "chronos_bolt", "chronos2", "ttm"):  # tokenised / masked targets: the
+        # collator's inputs
         adapter = get_adapter(model)
         context, horizon = adapter.max_context(model), adapter.native_horizon(model)
-        channels = 1 if adapter.univariate else int(model.config.num_input_channels)
+        channels = adapter.num_input_channels(model) or 1
         generator = torch.Generator().manual_seed(0)
         series = torch.randn(batch_size, context + horizon, channels, generator=generator).cumsum(1) + 10
         features = [{"past_values": s[:context], "future_values": s[context:]} for s in series]
