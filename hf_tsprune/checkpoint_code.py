@@ -106,11 +106,36 @@ def set_attention_sizes(block: nn.Module, entry: Mapping, num_query_heads: int, 
         sizes: the new widths `{"q": ..., "kv": ..., "o": ...}` that `size_attrs` refer to.
     """
     for attr in entry["num_heads_attrs"]:
-        setattr(block, attr, int(num_query_heads))
+        _set_path(block, attr, int(num_query_heads))
     for attr in entry["num_kv_heads_attrs"]:
-        setattr(block, attr, int(num_kv_heads))
+        _set_path(block, attr, int(num_kv_heads))
     for attr, which in entry["size_attrs"].items():
         setattr(block, attr, int(sizes[which]))
+
+
+def _set_path(block: nn.Module, path: str, value) -> None:
+    """`setattr` on the attribute at a dotted path of `block` (`var_attn_bias.num_heads`)."""
+    owner, _, attr = path.rpartition(".")
+    setattr(block.get_submodule(owner) if owner else block, attr, value)
+
+
+def resize_head_params(block: nn.Module, paths, num_query_heads: int, keep: torch.Tensor | None = None) -> None:
+    """Gives the per-query-head tensors at `paths` (last axis: the head) `num_query_heads` entries: the heads `keep`
+    of the current tensor, or placeholder values (for weights loaded afterwards) without `keep`."""
+    for path in paths:
+        owner_path, _, name = path.rpartition(".")
+        owner = block.get_submodule(owner_path) if owner_path else block
+        tensor = getattr(owner, name)
+        if keep is not None:
+            data = tensor.detach().index_select(-1, keep.to(tensor.device)).clone()
+        elif tensor.shape[-1] == num_query_heads:
+            continue
+        else:
+            data = torch.zeros(*tensor.shape[:-1], num_query_heads, dtype=tensor.dtype, device=tensor.device)
+        if isinstance(tensor, nn.Parameter):
+            setattr(owner, name, nn.Parameter(data, requires_grad=tensor.requires_grad))
+        else:
+            owner.register_buffer(name, data, persistent=name not in owner._non_persistent_buffers_set)
 
 
 def _resized_linear(block: nn.Module, path: str, in_features: int | None = None, out_features: int | None = None):
@@ -195,6 +220,7 @@ def apply_pruned_layout(
         _resized_linear(block, entry["v"], out_features=heads * v_head_dim)
         _resized_linear(block, entry["o"], in_features=sizes_by_kind["o"])
         set_attention_sizes(block, entry, heads * groups, heads, sizes_by_kind)
+        resize_head_params(block, entry.get("head_params", ()), heads * groups)
         if entry["kept_heads_attr"]:  # per-layer heads of a tensor shared across layers (T5's position bias)
             kept_kv_heads = torch.as_tensor(sizes["kept_heads"], dtype=torch.long)
             if kept_kv_heads.numel() != heads:

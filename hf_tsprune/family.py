@@ -86,6 +86,15 @@ class Family:
             `hf_tsprune.evaluation.load_chronos_pipeline`.
         description (`str`, *optional*):
             One line for listings.
+        save_pruned (`Callable`, *optional*):
+            For a family whose models are not transformers `PreTrainedModel`s (Moirai: `huggingface_hub` mixin
+            modules): `save_pruned(model, save_directory, *, base_model, plan, pruning_config, seed, extra)` writes
+            its pruned checkpoint and returns the file names, in place of the pruned transformers classes (which such
+            a family has none of: `base_config_class` is then only informative). `None` (the default): the pruned
+            classes of `hf_tsprune.modeling`.
+        load_pruned (`Callable[[str], nn.Module]`, *optional*):
+            With `save_pruned`: loads such a checkpoint (folder) into a model with its pruned layout, failing on any
+            missing, unexpected or mismatched tensor; [`hf_tsprune.modeling.load_pruned`] calls it.
     """
 
     name: str
@@ -105,6 +114,8 @@ class Family:
     install_hint: str | None = None
     native_pipeline: Callable[[nn.Module], Any] | None = None
     description: str = ""
+    save_pruned: Callable[..., list[str]] | None = None
+    load_pruned: Callable[[str], nn.Module] | None = None
     _pruned: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -162,7 +173,17 @@ class Family:
         """The pruned model class (built once, on first use)."""
         return self._pruned_classes()[1]
 
+    @property
+    def has_pruned_classes(self) -> bool:
+        """Whether the family's pruned checkpoints are transformers models (no custom `save_pruned`)."""
+        return self.save_pruned is None
+
     def _pruned_classes(self) -> tuple[type, type]:
+        if not self.has_pruned_classes:
+            raise TypeError(
+                f"The {self.name} family's models are not transformers models: its pruned checkpoints are written by "
+                "`hf_tsprune.save_pruned` and loaded by `hf_tsprune.modeling.load_pruned`, without pruned classes."
+            )
         if not self._pruned:
             from .modeling import build_pruned_classes
 

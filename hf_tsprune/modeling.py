@@ -77,6 +77,7 @@ __all__ = [
     "build_pruned_classes",
     "is_pruned_model",
     "kept_units",
+    "load_pruned",
     "register_auto_classes",
     "save_pruned",
     "to_pruned_model",
@@ -117,7 +118,7 @@ def register_auto_classes() -> None:
     `AutoModelForSeq2SeqLM`, which `chronos.ChronosPipeline` loads through); idempotent, `import hf_tsprune` calls it.
     Families whose optional package is missing are skipped."""
     for family in families().values():
-        if not family.available:
+        if not family.available or not family.has_pruned_classes:
             continue
         config_class, model_class = family.pruned_config_class, family.pruned_model_class
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
@@ -128,7 +129,7 @@ def register_auto_classes() -> None:
 def __getattr__(name: str):
     """`hf_tsprune.modeling.Pruned<...>` of a family not built yet (its package missing: the `ImportError` says so)."""
     for family in families().values():
-        if name in (family.config_class_name, family.model_class_name):
+        if family.has_pruned_classes and name in (family.config_class_name, family.model_class_name):
             config_class, model_class = family._pruned_classes()
             return config_class if name == family.config_class_name else model_class
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -498,6 +499,25 @@ def to_pruned_model(
     return model
 
 
+def load_pruned(path: str | os.PathLike, **kwargs) -> nn.Module:
+    """Loads a pruned checkpoint folder of any family: a transformers one with
+    `AutoModelForTimeSeriesPrediction.from_pretrained` (`kwargs` passed on), one of a family with its own checkpoint
+    format (Moirai) with that family's `load_pruned`.
+
+    Raises:
+        `ValueError`: the folder holds no pruned hf_tsprune checkpoint.
+    """
+    config_file = Path(path) / "config.json"
+    settings = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    name = settings.get("base_model_type") or family_of(str(settings.get("model_type", "")))
+    if name is None or settings.get(BLOCKS_ATTR) is None:
+        raise ValueError(f"{path} holds no pruned hf_tsprune checkpoint (no `{BLOCKS_ATTR}` in its config.json).")
+    family = get_family(name)
+    if not family.has_pruned_classes:
+        return family.load_pruned(str(path))
+    return transformers.AutoModelForTimeSeriesPrediction.from_pretrained(path, **kwargs)
+
+
 def save_pruned(
     model: nn.Module,
     save_directory: str | os.PathLike,
@@ -530,6 +550,13 @@ def save_pruned(
     if save_pretrained_kwargs.get("safe_serialization") is False:
         raise ValueError("Pruned checkpoints are written as safetensors only; drop `safe_serialization=False`.")
     save_pretrained_kwargs.pop("safe_serialization", None)
+    name = family_of(unwrap(model))
+    family = families().get(name) if name else None
+    if family is not None and not family.has_pruned_classes:  # not a transformers model (Moirai): its own format
+        return family.save_pruned(
+            unwrap(model), save_directory, base_model=base_model, base_model_revision=base_model_revision,
+            pruning_config=pruning_config, plan=plan, seed=seed, extra=extra,
+        )  # fmt: skip
     model = to_pruned_model(
         model,
         base_model=base_model,

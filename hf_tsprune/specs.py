@@ -101,6 +101,11 @@ class AttentionGroup:
         num_outputs (`int`, *optional*, defaults to 2):
             How many values the block's `forward` returns (the attention output first): the `EmptyAttention` that
             replaces a block with no head left returns as many, the rest `None` (TTM's attention returns three).
+        head_params (`tuple[str, ...]`, *optional*):
+            Paths (relative to the block) of parameters or buffers with one entry per query head along their last
+            axis (Moirai's per-head variate attention bias `var_attn_bias.emb.weight`): sliced to the kept query
+            heads with the projections. `num_heads_attrs` / `num_kv_heads_attrs` may name attributes of submodules
+            by dotted path (`var_attn_bias.num_heads`) to keep such a submodule's head count in step.
     """
 
     pattern: str
@@ -118,6 +123,7 @@ class AttentionGroup:
     keep_empty_blocks: bool = False
     module_classes: tuple[str, ...] = ()
     num_outputs: int = 2
+    head_params: tuple[str, ...] = ()
 
     kind = "attention"
 

@@ -22,6 +22,7 @@ Exactness rules (masked model == shrunk model):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -35,6 +36,7 @@ from .checkpoint_code import (
     apply_pruned_layout,
     empty_attention,
     query_heads,
+    resize_head_params,
     set_attention_sizes,
     set_submodule,
     use_forward,
@@ -222,6 +224,7 @@ def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_em
     gone_heads = heads - kept_heads.numel()
     removed = gone_heads * qk_dim * (g * _row(q) + _row(k))
     removed += (heads * head_dim - kept_heads.numel() * new_dim) * (_row(v) + g * o.out_features)
+    removed += gone_heads * g * sum(math.prod(t.shape[:-1]) for t in _head_params(module, group))
     original = None
     if group.kept_heads_attr is not None:  # kept kv heads in the numbering of the unpruned model
         previous = getattr(module, group.kept_heads_attr, None)
@@ -235,6 +238,17 @@ def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_em
         masked.name, "attention", mask.numel(), kept_units, before, before - removed, heads, int(kept_heads.numel()),
         head_dim, new_dim, keep=kept_heads, keep_v=keep_v, zero=zero, kept_heads=original,
     )  # fmt: skip
+
+
+def _head_params(module: nn.Module, group: AttentionGroup) -> list[nn.Parameter]:
+    """The per-query-head parameters (`head_params`) of an attention block (buffers are no parameters)."""
+    found = []
+    for path in group.head_params:
+        owner, _, name = path.rpartition(".")
+        tensor = getattr(module.get_submodule(owner) if owner else module, name)
+        if isinstance(tensor, nn.Parameter):
+            found.append(tensor)
+    return found
 
 
 def make_plan(
@@ -329,6 +343,7 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
     set_submodule(module, group.o, new_o)
     sizes = {"q": q_rows.numel(), "kv": kv_rows.numel(), "o": o_cols.numel()}
     set_attention_sizes(module, group.to_block(), q_heads.numel(), plan.keep.numel(), sizes)
+    resize_head_params(module, group.head_params, q_heads.numel(), keep=q_heads)
     if plan.head_dim_after != masked.head_dim or hasattr(module, "v_head_dim") or group.kept_heads_attr is not None:
         if group.v_head_dim_forward is None:
             raise ValueError(f"{masked.name}: the spec has no value-head-dimension forward; cannot change it.")
