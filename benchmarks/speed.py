@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py                                     # every released layout, ~50% pruned, 1 thread
     python benchmarks/speed.py --models chronos chronos_bolt ttm    # needs chronos-forecasting, granite-tsfm
-    python benchmarks/speed.py --round_to 1 8 --models timesfm2_5    # does rounding kept widths buy speed?
+    python benchmarks/speed.py --round_to 1 8 --value_channels      # does rounding kept widths buy speed?
     python benchmarks/speed.py --macro_batch 8192 --models timesfm2_5 chronos_bolt  # the paper's prune-run step
     python benchmarks/speed.py --device cuda --dtype bfloat16         # on a GPU: speed-cuda.json / speed-cuda.md
 
@@ -104,12 +104,14 @@ def build(name: str) -> torch.nn.Module:
     return model_cls(config_cls()).eval()
 
 
-def half_masks(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Half of each attention layer's key/value heads and half of each feed-forward block's channels, at random."""
+def half_masks(model: torch.nn.Module, seed: int = 0, whole_heads: bool = True) -> dict[str, torch.Tensor]:
+    """Half of each group's units, at random: of each attention layer's key/value heads (`whole_heads`) or of its value
+    channels (then the kept heads' value head dimension is the largest kept count: sizes that are no round numbers),
+    and half of each feed-forward block's channels."""
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for group in describe_groups(model):
-        if group.group.kind == "attention":
+        if group.group.kind == "attention" and whole_heads:
             heads = torch.ones(group.num_kv_heads, dtype=torch.bool)
             heads[torch.randperm(group.num_kv_heads, generator=generator)[: group.num_kv_heads // 2]] = False
             masks[group.name] = heads.repeat_interleave(group.head_dim)
@@ -295,6 +297,7 @@ def benchmark(
     *,
     batch_sizes: tuple[int, ...] = (1, 64),
     round_to: int = 1,
+    whole_heads: bool = True,
     timing: dict | None = None,
     step_batch: int = 16,
     step_repeats: int = 3,
@@ -311,8 +314,9 @@ def benchmark(
     example = spec.example_inputs(dense, 1, generator=torch.Generator().manual_seed(0))
     shrunk = copy.deepcopy(dense)
     install_masks(shrunk)
-    plan = shrink(shrunk, half_masks(shrunk), example_inputs=example, round_to=round_to)
+    plan = shrink(shrunk, half_masks(shrunk, whole_heads=whole_heads), example_inputs=example, round_to=round_to)
     result = {"model": type(dense).__name__, "family": get_family(dense).name, "round_to": round_to}
+    result["masks"] = "whole heads" if whole_heads else "value channels"
     result.update(
         params_before=plan.params_before,
         params_after=plan.params_after,
@@ -372,14 +376,14 @@ def markdown(results: list[dict], batch_sizes: tuple[int, ...] = (1, 64)) -> str
     head = " | ".join(f"speed-up b{b}" for b in batch_sizes)
     ratio = " | ".join(f"b{b} / FLOP ratio" for b in batch_sizes)
     lines = [
-        f"| model | round_to | params dense → shrunk | FLOP ratio | {head} | {ratio} |",
+        f"| model | pruned, round_to | params dense → shrunk | FLOP ratio | {head} | {ratio} |",
         "|---|---|---|---|" + "---|" * (2 * len(batch_sizes)),
     ]
     for r in results:
         cells = " | ".join(_speedup(r, b) for b in batch_sizes)
         ratios = " | ".join(f"{r[f'speedup_over_flop_ratio_b{b}']:.2f}" for b in batch_sizes)
         lines.append(
-            f"| {r['model']} | {r['round_to']} | {r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M | "
+            f"| {r['model']} | {r.get('masks', 'whole heads')}, {r['round_to']} | {r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M | "
             f"{r['flop_ratio']:.2f}× | {cells} | {ratios} |"
         )
     steps = [r for r in results if "prune_step_ms" in r]
@@ -410,6 +414,10 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (fixed for every measurement)")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--round_to", type=int, nargs="+", default=[1], help="shrink with each of these round_to")
+    parser.add_argument(
+        "--value_channels", action="store_true",
+        help="prune half of each attention layer's value channels instead of half of its heads (uneven sizes)",
+    )  # fmt: skip
     parser.add_argument("--min_pairs", type=int, default=7, help="fewest interleaved dense/shrunk timing pairs")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="timing budget per model and batch size")
     parser.add_argument("--step_batch", type=int, default=16, help="micro-batch of the prune/finetune step (0: skip)")
@@ -438,6 +446,7 @@ def main():
             results.append(
                 benchmark(
                     name, batch_sizes=tuple(args.batch_sizes), round_to=round_to, timing=timing,
+                    whole_heads=not args.value_channels,
                     step_batch=args.step_batch if round_to == args.round_to[0] else 0, step_repeats=args.step_repeats,
                     macro_batch=args.macro_batch if name in args.macro_models and round_to == args.round_to[0] else 0,
                     device=args.device, dtype=args.dtype,
