@@ -75,6 +75,7 @@ class TimeSeriesCollection:
         freq (`str`, *optional*): Pandas frequency string of the rows.
         name (`str`): A name for the data (benchmark name, file stem or Hub id).
         borders (`tuple[int, int, int]`, *optional*): Fixed split borders (benchmarks with fixed splits).
+        source (`str`, *optional*): Where the series were read from (file path or Hub id), named by data errors.
     """
 
     values: list[np.ndarray]
@@ -84,6 +85,7 @@ class TimeSeriesCollection:
     freq: str | None = None
     name: str = "data"
     borders: tuple[int, int, int] | None = None
+    source: str | None = None
 
     @property
     def num_series(self) -> int:
@@ -157,15 +159,26 @@ _FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".json", ".jsonl", 
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() in (".gz", ".bz2", ".zip", ".xz") else ""
     suffix = suffix or path.suffix.lower()
-    if suffix.startswith(".csv") or suffix.startswith(".txt"):
-        return pd.read_csv(path)
-    if suffix.startswith(".tsv"):
-        return pd.read_csv(path, sep="\t")
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix in (".json", ".jsonl"):
-        return pd.read_json(path, lines=suffix == ".jsonl")
-    raise ValueError(f"Cannot read {path}: supported files are .csv, .tsv, .parquet/.pq and .json/.jsonl.")
+    if suffix.startswith((".csv", ".txt", ".tsv")):
+        try:
+            frame = pd.read_csv(path, sep="\t" if suffix.startswith(".tsv") else ",")
+        except pd.errors.EmptyDataError:
+            raise ValueError(
+                f"{path} is empty (no header row, no data): pass a file with a header row (a time column and value "
+                "columns) and at least context_length + prediction_length rows."
+            ) from None
+    elif suffix in (".parquet", ".pq"):
+        frame = pd.read_parquet(path)
+    elif suffix in (".json", ".jsonl"):
+        frame = pd.read_json(path, lines=suffix == ".jsonl")
+    else:
+        raise ValueError(f"Cannot read {path}: supported files are .csv, .tsv, .parquet/.pq and .json/.jsonl.")
+    if frame.empty:
+        raise ValueError(
+            f"{path} has no data rows (columns: {list(frame.columns)}): pass a file with a time column, value columns "
+            "and at least context_length + prediction_length rows."
+        )
+    return frame
 
 
 def _load_datasets_table(
@@ -359,7 +372,10 @@ def frame_to_collection(
         name (`str`): A name for the data.
     """
     if frame.empty:
-        raise ValueError(f"{name!r} has no rows.")
+        raise ValueError(
+            f"{name!r} has no rows (columns: {list(frame.columns)}): pass data with a time column, value columns and "
+            "at least context_length + prediction_length rows."
+        )
     frame = frame.reset_index(drop=True)
     if id_column is not None and id_column not in frame.columns:
         raise ValueError(f"Id column {id_column!r} not found; columns are {list(frame.columns)}.")
@@ -464,6 +480,7 @@ def load_time_series(
             name=canonical,
         )
         collection.borders = spec.borders
+        collection.source = str(path)
         return collection
 
     path = Path(text).expanduser()
@@ -475,11 +492,15 @@ def load_time_series(
         "duplicate_timestamps": duplicate_timestamps or "drop",
     }
     if path.is_file():
-        return frame_to_collection(_read_table(path), name=path.stem, **kwargs)
+        collection = frame_to_collection(_read_table(path), name=path.stem, **kwargs)
+        collection.source = str(path)
+        return collection
     if path.is_dir():
-        return frame_to_collection(
+        collection = frame_to_collection(
             _load_datasets_table(str(path), dataset_config, hub_split, cache_dir), name=path.name, **kwargs
         )
+        collection.source = str(path)
+        return collection
     if path.suffix.lower() in _FILE_SUFFIXES:
         raise ValueError(f"File {text!r} not found. Check the path (relative paths start from the current folder).")
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+", text) and not text.startswith((".", "/")):
@@ -491,7 +512,11 @@ def load_time_series(
                 "network (or HF_HUB_OFFLINE), or pass a local file or folder. "
                 f"Known benchmarks: {', '.join(BENCHMARKS)}."
             ) from error
-        return frame_to_collection(frame, name=text if not dataset_config else f"{text}/{dataset_config}", **kwargs)
+        collection = frame_to_collection(
+            frame, name=text if not dataset_config else f"{text}/{dataset_config}", **kwargs
+        )
+        collection.source = collection.name
+        return collection
     raise ValueError(
         f"Unknown dataset {text!r}: not a known benchmark, an existing file or folder, nor a Hub id 'owner/name'. "
         f"Known benchmarks: {', '.join(BENCHMARKS)}."

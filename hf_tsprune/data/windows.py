@@ -171,19 +171,56 @@ class ForecastingWindows:
         }
 
 
-def _handle_missing(values: np.ndarray, item_id: str, missing_values: str) -> np.ndarray:
-    """Fill NaNs per `missing_values` (`"mask"`: left for the scaler to set to 0, `"ffill"`, `"raise"`)."""
+def _missing_counts(values: np.ndarray, channel_names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Per column with missing values: `(NaN count, ±inf count)` of a `(length, num_channels)` array."""
+    nan = np.isnan(values).sum(axis=0)
+    inf = np.isinf(values).sum(axis=0)
+    return {str(name): (int(n), int(i)) for name, n, i in zip(channel_names, nan, inf) if n or i}
+
+
+def _describe_missing(counts: dict[str, tuple[int, int]], limit: int = 5) -> str:
+    """`column 'a': 1 ±inf, column 'b': 2 NaN` for the first `limit` columns of [`_missing_counts`]."""
+    parts = []
+    for name, (nan, inf) in list(counts.items())[:limit]:
+        kinds = [f"{nan} NaN"] * bool(nan) + [f"{inf} ±inf"] * bool(inf)
+        parts.append(f"column {name!r}: {' and '.join(kinds)}")
+    more = len(counts) - limit
+    return ", ".join(parts) + (f" and {more} more columns" if more > 0 else "")
+
+
+def _handle_missing(
+    values: np.ndarray,
+    item_id: str,
+    missing_values: str,
+    channel_names: Sequence[str] | None = None,
+    source: str | None = None,
+) -> np.ndarray:
+    """Fill missing values per `missing_values` (`"mask"`: left as NaN for the scaler to set to 0, `"ffill"`,
+    `"raise"`). Non-finite values (±inf) are missing values too: they become NaN first.
+
+    Args:
+        values (`np.ndarray`): `(length, num_channels)` raw values of one series.
+        item_id (`str`): The series, for messages.
+        missing_values (`str`): The policy.
+        channel_names (`Sequence[str]`, *optional*): Column names, for messages.
+        source (`str`, *optional*): The file or dataset the series comes from, for messages.
+    """
     if missing_values not in ("mask", "ffill", "raise"):
         raise ValueError(f"`missing_values` must be 'mask', 'ffill' or 'raise', got {missing_values!r}.")
-    missing = np.isnan(values)
-    if not missing.any() or missing_values == "mask":
+    finite = np.isfinite(values)
+    if finite.all():
         return values
     if missing_values == "raise":
+        names = channel_names if channel_names is not None else [str(i) for i in range(values.shape[1])]
+        where = f"{source}: series" if source else "Series"
         raise ValueError(
-            f"Series {item_id!r} has {int(missing.sum())} missing (NaN) values. Pass `missing_values='mask'` (fill "
-            "with the training mean, observed mask 0) or 'ffill' (forward/backward fill, observed mask 0), or clean "
-            "the data."
+            f"{where} {item_id!r} has {int((~finite).sum())} missing (NaN) or non-finite (±inf) values "
+            f"({_describe_missing(_missing_counts(values, names))}). Pass `missing_values='mask'` (fill with the "
+            "training mean, observed mask 0) or 'ffill' (forward/backward fill, observed mask 0), or clean the data."
         )
+    values = np.where(finite, values, np.nan)
+    if missing_values == "mask":
+        return values
     return pd.DataFrame(values).ffill().bfill().to_numpy()
 
 
@@ -251,15 +288,20 @@ def build_window_datasets(
     index_rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {split: [] for split in splits}
     offset = 0
     missing_count, missing_series = 0, 0
+    missing_columns: dict[str, tuple[int, int]] = {}
+    source = collection.source or collection.name
     for position, index in enumerate(kept):
         raw = collection.values[index]
         item_id = collection.item_ids[index]
         parts = split_borders(len(raw), split_ratios, borders)
-        observed = ~np.isnan(raw)
+        observed = np.isfinite(raw)  # NaN and ±inf are both missing
         if not observed.all():
             missing_count += int((~observed).sum())
             missing_series += 1
-        filled = _handle_missing(raw, item_id, missing_values)
+            for name, (nan, inf) in _missing_counts(raw, collection.channel_names).items():
+                before = missing_columns.get(name, (0, 0))
+                missing_columns[name] = (before[0] + nan, before[1] + inf)
+        filled = _handle_missing(raw, item_id, missing_values, collection.channel_names, source)
         train = filled[parts["train"][0] : parts["train"][1]]
         if scale:
             if len(train) == 0:
@@ -278,8 +320,16 @@ def build_window_datasets(
         else:
             mean, std = np.zeros(num_channels), np.ones(num_channels)
         scaled = (filled - mean) / std
-        scaled = np.where(np.isnan(scaled), 0.0, scaled)
-        chunks.append(scaled.astype(np.float32))
+        scaled = np.where(np.isnan(scaled), 0.0, scaled).astype(np.float32)
+        overflow = ~np.isfinite(scaled)
+        if overflow.any():  # finite float64 values beyond the float32 range: no non-finite value reaches a model
+            columns = [collection.channel_names[c] for c in np.flatnonzero(overflow.any(axis=0))]
+            raise ValueError(
+                f"{source}: series {item_id!r} has {int(overflow.sum())} values in columns {columns} beyond the "
+                f"float32 range (|x| > {np.finfo(np.float32).max:.3g}){' after scaling' if scale else ''}: rescale "
+                "those columns (or keep `scale=True`), or mark the values missing (NaN)."
+            )
+        chunks.append(scaled)
         masks.append(observed)
         offsets.append(offset)
         lengths.append(len(raw))
@@ -298,8 +348,9 @@ def build_window_datasets(
             else "filled with the channel's training mean (0 after scaling)"
         )
         logger.warning(
-            f"{missing_count} missing (NaN) values in {missing_series} of {len(kept)} series of {collection.name!r} "
-            f"are {how} and flagged 0 in the observed masks; metrics skip them. Pass `missing_values='raise'` to stop."
+            f"{missing_count} missing (NaN) or non-finite (±inf) values in {missing_series} of {len(kept)} series of "
+            f"{source!r} ({_describe_missing(missing_columns)}) are {how} and flagged 0 in the observed masks; "
+            "models never see them and metrics skip them. Pass `missing_values='raise'` to stop."
         )
     source = ForecastingWindows(
         values=np.concatenate(chunks),
@@ -414,8 +465,10 @@ def load_forecasting_dataset(
         borders (`tuple[int, int, int]`, *optional*): Explicit end rows of the train, validation and test parts
             (overrides the benchmark's and `split_ratios`).
         missing_values (`str`, *optional*, defaults to `"mask"`):
-            NaNs: `"mask"` fills them with the training mean (0 after scaling), `"ffill"` forward/backward fills them;
-            both warn and set the observed masks to 0 there. `"raise"` stops with an error.
+            Missing values: empty or non-numeric cells (NaN) and non-finite ones (±inf) alike. `"mask"` fills them
+            with the training mean (0 after scaling), `"ffill"` forward/backward fills them; both warn (with the count
+            per column) and set the observed masks to 0 there, so no non-finite value reaches a model input or a
+            target. `"raise"` stops with an error naming the file, the columns and the counts.
         duplicate_timestamps (`str`, *optional*):
             `"drop"` (default for files and Hub data: keep the last row of each timestamp, warned), `"keep"`
             (default for benchmarks, which are used exactly as published, warned) or `"raise"`. Unsorted timestamps
