@@ -98,8 +98,66 @@ class NaiveForecaster:
         return past_values[:, lags].mean(axis=1) if seasons > 1 else past_values[:, lags[0]]
 
 
+def _config_dict(name: str, hub_kwargs: dict) -> dict:
+    """The `config.json` of a local folder or Hub id, with an error that says which of the two `name` was taken for
+    and what to do when there is none."""
+    from transformers import PretrainedConfig
+
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        raise ValueError(
+            f"{name!r} (`model_name_or_path`, --model_name_or_path) is a file: pass the folder that holds the model's "
+            "config.json and weights (written by `save_pretrained`), or a Hub model id."
+        )
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(
+            f"The folder {name!r} (`model_name_or_path`, --model_name_or_path) holds no config.json, so it is not a "
+            "saved model: pass the folder written by `save_pretrained` (e.g. `<output_dir>/model` of a recipe run), "
+            "or a Hub model id."
+        )
+    try:
+        return PretrainedConfig.get_config_dict(name, **hub_kwargs)[0]
+    except OSError as error:
+        from huggingface_hub import constants
+
+        looks_local = name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name
+        if looks_local or os.path.isdir(path):
+            raise ValueError(
+                f"No model folder {name!r} (`model_name_or_path`, --model_name_or_path): there is no such folder "
+                f"relative to {os.getcwd()}. Check the path, or pass a Hub model id (`owner/name`)."
+            ) from error
+        offline = " Offline mode is on (HF_HUB_OFFLINE=1), so only models already in the local cache load." * bool(
+            constants.is_offline_mode()
+        )
+        raise ValueError(
+            f"Could not load {name!r} (`model_name_or_path`, --model_name_or_path): it is not a local folder (none "
+            f"under {os.getcwd()}) and not a Hub model id that could be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}).{offline} Check the spelling of the id or the path, "
+            "log in (`hf auth login`) for a private or gated model, or download it first."
+        ) from error
+
+
+def check_finite_weights(model: torch.nn.Module, checkpoint: str) -> None:
+    """Raises a `ValueError` naming the parameters of a loaded `model` that hold NaN or infinite values (a checkpoint
+    saved from a diverged run), which would make every forecast non-finite."""
+    bad = [
+        name
+        for name, param in model.named_parameters()
+        if param.is_floating_point() and param.device.type != "meta" and not bool(torch.isfinite(param).all())
+    ]
+    if bad:
+        names = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise ValueError(
+            f"The checkpoint {checkpoint} holds NaN or infinite weights ({names}): every forecast of it would be "
+            "non-finite. It was saved from a diverged run or damaged: restore it, or re-create it."
+        )
+
+
 def load_forecaster(
-    model_name_or_path: str | os.PathLike, season_length: int | None = None, **from_pretrained_kwargs: Any
+    model_name_or_path: str | os.PathLike,
+    season_length: int | None = None,
+    strict: bool = True,
+    **from_pretrained_kwargs: Any,
 ) -> NaiveForecaster | torch.nn.Module:
     """Load a baseline by name or a supported model from the Hub or a local folder.
 
@@ -107,27 +165,43 @@ def load_forecaster(
         model_name_or_path (`str` or `os.PathLike`): a name of `NAIVE_BASELINES`, or a Hub model id or folder of a
             supported model (see `hf_tsprune.families()`), dense or a pruned hf_tsprune checkpoint.
         season_length (`int`, *optional*): Season of the `seasonal_naive` baseline.
+        strict (`bool`, *optional*, defaults to `True`): Raise when the checkpoint's tensors do not match the model
+            (missing, unexpected or mismatched: a `CheckpointMismatchError` naming them) or hold NaN/inf weights,
+            instead of loading freshly initialised weights.
         from_pretrained_kwargs: Passed to `from_pretrained` (e.g. `torch_dtype`, `revision`).
 
     Returns:
         A [`NaiveForecaster`] or the model, in eval mode.
+
+    Raises:
+        `ValueError`: `model_name_or_path` is neither a baseline, a folder with a `config.json` nor a readable Hub id
+            (the message says which it was taken for), the model type is unsupported, or (with `strict`) the
+            checkpoint does not match its configuration or holds non-finite weights.
     """
+    from .checkpoint_code import check_loading_info
+
     name = os.fspath(model_name_or_path)
     if name in NAIVE_BASELINES:
         return NaiveForecaster(name, season_length)
-    from transformers import AutoConfig, PretrainedConfig
+    from transformers import AutoConfig
 
     hub_kwargs = {k: v for k, v in from_pretrained_kwargs.items() if k in ("revision", "token")}
-    model_type = PretrainedConfig.get_config_dict(name, **hub_kwargs)[0].get("model_type")
+    model_type = _config_dict(name, hub_kwargs).get("model_type")
     if family_of(model_type or "") is not None:
         get_family(model_type)  # its optional package missing: an ImportError that says how to install it
     config = AutoConfig.from_pretrained(name, **hub_kwargs)
     get_adapter(config)  # an unsupported model type: a ValueError that lists the supported families
     family = get_family(config)
-    # a pruned hf_tsprune checkpoint loads with its pruned class, anything else with its family's class
+    # a pruned hf_tsprune checkpoint loads with its pruned class (strict itself), anything else with its family's
     pruned = getattr(config, "base_model_type", None) == family.name
     model_class = family.pruned_model_class if pruned else family.base_classes()[1]
-    model = model_class.from_pretrained(name, **from_pretrained_kwargs)
+    kwargs = dict(from_pretrained_kwargs, output_loading_info=True)
+    if pruned:
+        kwargs["strict"] = strict
+    model, info = model_class.from_pretrained(name, **kwargs)
+    if strict:
+        check_loading_info(info, name, model_class.__name__, strict_hint="strict=False")
+        check_finite_weights(model, name)
     return model.eval()
 
 

@@ -10,25 +10,22 @@ import textwrap
 
 import pytest
 import torch
-from test_families import Windows
+from test_families import Windows, check_prune_shrink_finetune
 from test_surgery import check_exact_random_shrink, masked_vs_shrunk, params, random_masks
-from transformers import AutoModelForTimeSeriesPrediction, Trainer, TrainingArguments
+from transformers import AutoModelForTimeSeriesPrediction
 
 from hf_tsprune import (
-    PruningCallback,
-    PruningConfig,
     family_of,
     get_family,
     get_spec,
     install_masks,
-    masked_groups,
     save_pruned,
     shrink,
 )
 from hf_tsprune.adapters import get_adapter
 from hf_tsprune.evaluation import load_chronos_pipeline
 from hf_tsprune.masks import get_masks
-from hf_tsprune.training import ForecastCollator, training_label_names
+from hf_tsprune.training import training_label_names
 
 pytest.importorskip("chronos")
 
@@ -146,30 +143,7 @@ def test_adapter_forecasts_every_channel_of_a_group():
 
 def test_prune_shrink_finetune_save_and_reload(tmp_path):
     model = build()
-    install_masks(model)
-    train, validation = Windows(32, 32, 2, 0), Windows(16, 32, 2, 1)
-    common = dict(per_device_train_batch_size=8, label_names=training_label_names(model), report_to=[],
-                  save_strategy="no", use_cpu=True, disable_tqdm=True, remove_unused_columns=False)  # fmt: skip
-    callback = PruningCallback(PruningConfig(ratio_per_epoch=0.3, ema=0.5))
-    prune_args = TrainingArguments(str(tmp_path / "prune"), num_train_epochs=1, eval_strategy="steps", eval_steps=2,
-                                   max_grad_norm=0.0, learning_rate=1e-2, **common)  # fmt: skip
-    trainer = Trainer(model=model, args=prune_args, train_dataset=train, eval_dataset=validation,
-                      data_collator=ForecastCollator(model), callbacks=[callback])  # fmt: skip
-    trainer.train()
-    assert callback.history and all(torch.isfinite(torch.tensor(h["eval_loss"])) for h in callback.history)
-    assert 0.2 < callback.scorer.sparsity <= 0.32
-    assert all(g.mask.grad is None for g in masked_groups(model))
-    plan = shrink(model)
-    assert plan.max_rel_error < 1e-5 and params(model) == plan.params_after < plan.params_before
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    finetune = Trainer(
-        model=model.train(),
-        args=TrainingArguments(str(tmp_path / "finetune"), max_steps=2, learning_rate=1e-3, **common),
-        train_dataset=train,
-        data_collator=ForecastCollator(model),
-    )
-    assert torch.isfinite(torch.tensor(finetune.train().training_loss))
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    plan = check_prune_shrink_finetune(model, Windows(32, 32, 2, 0), Windows(16, 32, 2, 1), tmp_path)
     model.eval()
     save_pruned(model, tmp_path / "model", base_model="org/chronos2-tiny", plan=plan)
     loaded, info = AutoModelForTimeSeriesPrediction.from_pretrained(tmp_path / "model", output_loading_info=True)

@@ -244,17 +244,15 @@ class Windows(Dataset):
         }
 
 
-@pytest.mark.parametrize("name", ["chronos", "chronos_bolt", "ttm"])
-def test_prune_shrink_finetune(tmp_path, name):
-    require(name, adapters=True)
-    model = build(name)
+def check_prune_shrink_finetune(model, train, validation, folder):
+    """The prune run (Trainer + PruningCallback with the family's own loss) removes about 30% of the channels with
+    finite scores and no mask gradient left, the shrink is exact, and a finetune of the shrunk model trains (finite
+    loss, weights move, parameter count kept). Returns the plan."""
     install_masks(model)
-    train = Windows(32, CONTEXT[name], CHANNELS[name], 0)
-    validation = Windows(16, CONTEXT[name], CHANNELS[name], 1)
     common = dict(per_device_train_batch_size=8, label_names=training_label_names(model), report_to=[],
                   save_strategy="no", use_cpu=True, disable_tqdm=True, remove_unused_columns=False)  # fmt: skip
     callback = PruningCallback(PruningConfig(ratio_per_epoch=0.3, ema=0.5))
-    prune_args = TrainingArguments(str(tmp_path / "prune"), num_train_epochs=1, eval_strategy="steps", eval_steps=2,
+    prune_args = TrainingArguments(str(folder / "prune"), num_train_epochs=1, eval_strategy="steps", eval_steps=2,
                                    max_grad_norm=0.0, learning_rate=1e-2, **common)  # fmt: skip
     trainer = Trainer(
         model=model,
@@ -273,7 +271,7 @@ def test_prune_shrink_finetune(tmp_path, name):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     finetune = Trainer(
         model=model.train(),
-        args=TrainingArguments(str(tmp_path / "finetune"), max_steps=2, learning_rate=1e-3, **common),
+        args=TrainingArguments(str(folder / "finetune"), max_steps=2, learning_rate=1e-3, **common),
         train_dataset=train,
         data_collator=ForecastCollator(model),
     )
@@ -281,6 +279,15 @@ def test_prune_shrink_finetune(tmp_path, name):
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert params(model) == plan.params_after
+    return plan
+
+
+@pytest.mark.parametrize("name", ["chronos", "chronos_bolt", "ttm"])
+def test_prune_shrink_finetune(tmp_path, name):
+    require(name, adapters=True)
+    train = Windows(32, CONTEXT[name], CHANNELS[name], 0)
+    validation = Windows(16, CONTEXT[name], CHANNELS[name], 1)
+    check_prune_shrink_finetune(build(name), train, validation, tmp_path)
 
 
 # -- save / load ------------------------------------------------------------------------------------------------------

@@ -172,7 +172,9 @@ def test_renaming_trap_is_detected(tmp_path):
     model.save_pretrained(tmp_path)
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         assert "model.layers.1.mlp.ff0.weight" in f.keys()
-    _, info = AutoModelForTimeSeriesPrediction.from_pretrained(tmp_path, output_loading_info=True)
+    with pytest.raises(ValueError, match="missing tensors .*model.layers.1.mlp.fc1.weight"):  # loading is strict
+        AutoModelForTimeSeriesPrediction.from_pretrained(tmp_path)
+    _, info = AutoModelForTimeSeriesPrediction.from_pretrained(tmp_path, output_loading_info=True, strict=False)
     assert "model.layers.1.mlp.fc1.weight" in info["missing_keys"]
 
 
