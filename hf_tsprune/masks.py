@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .family import get_spec
-from .specs import ArchitectureSpec, AttentionGroup, Group, MLPGroup
+from .specs import ArchitectureSpec, AttentionGroup, ExpertGroup, Group, MLPGroup
 
 MASK_NAME = "hf_tsprune_mask"
 _STATE_ATTR = "_hf_tsprune_masked_groups"
@@ -81,6 +81,8 @@ def describe_groups(model: nn.Module, spec: ArchitectureSpec | None = None) -> l
     for name, group, module in spec.match(model):
         if getattr(module, "hf_tsprune_empty", False):
             continue  # an attention block already pruned to nothing (`EmptyAttention`): nothing left to remove
+        if isinstance(group, ExpertGroup):
+            continue  # experts are removed whole, by their own scores (`install_expert_gates`), not by channel masks
         if isinstance(group, MLPGroup):
             producers = [_linear(module, p, name) for p in group.producers]
             consumer = _linear(module, group.consumer, name)
@@ -205,53 +207,22 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _check_binary(name: str, mask: torch.Tensor, where: str) -> None:
-    """Raises when a mask holds a value other than 0 and 1: a fractional mask scales its channels, which no shrink
-    can remove exactly."""
-    if mask.dtype == torch.bool:
-        return
-    binary = (mask == 0) | (mask == 1)
-    if not bool(binary.all()):
-        values = sorted({float(v) for v in mask.detach()[~binary].flatten()[:5].tolist()})
-        raise ValueError(
-            f"{where} mask of {name} holds values other than 0 and 1 ({values}): a mask keeps (1) or removes (0) a "
-            "channel, and a fractional one scales it, which shrinking cannot remove exactly. Pass boolean masks "
-            "(e.g. `scores > threshold`) or round them (`mask > 0.5`)."
-        )
-
-
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Current masks as boolean CPU tensors keyed by block name (True = kept).
-
-    Raises:
-        `ValueError`: an installed mask holds a value other than 0 and 1 (written into the parameter directly).
-    """
-    out = {}
-    for g in masked_groups(model):
-        mask = g.mask.detach().cpu()
-        _check_binary(g.name, mask, "The installed")
-        out[g.name] = mask > 0.5
-    return out
+    """Current masks as boolean CPU tensors keyed by block name (True = kept)."""
+    return {g.name: g.mask.detach().cpu() > 0.5 for g in masked_groups(model)}
 
 
 @torch.no_grad()
 def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Writes boolean (or 0/1) masks keyed by block name into the installed mask parameters.
-
-    Raises:
-        `ValueError`: an unknown block, a wrong shape, or a value other than 0 and 1 (nothing is written then).
-    """
+    """Writes boolean (or 0/1) masks keyed by block name into the installed mask parameters."""
     groups = {g.name: g for g in masked_groups(model)}
     unknown = set(masks) - set(groups)
     if unknown:
         raise ValueError(f"Masks given for unknown blocks {sorted(unknown)}; known: {sorted(groups)}.")
-    for name, value in masks.items():  # every mask is checked before any is written
+    for name, value in masks.items():
         mask = groups[name].mask
         if value.shape != mask.shape:
             raise ValueError(f"Mask for {name} has shape {tuple(value.shape)}, expected {tuple(mask.shape)}.")
-        _check_binary(name, torch.as_tensor(value), "The given")
-    for name, value in masks.items():
-        mask = groups[name].mask
         mask.copy_(value.to(device=mask.device, dtype=mask.dtype))
 
 
@@ -280,3 +251,109 @@ def attention_head_alive(masked: MaskedGroup, mask: torch.Tensor) -> torch.Tenso
     if isinstance(masked.group, AttentionGroup):
         return mask.view(masked.num_kv_heads, masked.head_dim).any(dim=1)
     return torch.ones(1, dtype=torch.bool)
+
+
+# -- experts ---------------------------------------------------------------------------------------------------------
+
+EXPERT_GATE_NAME = "hf_tsprune_expert_gate"
+_EXPERTS_ATTR = "_hf_tsprune_expert_blocks"
+
+
+@dataclass
+class ExpertBlock:
+    """The experts of one mixture-of-experts block, with the counters (and optional gates) scoring them.
+
+    Attributes:
+        name: module name of the block (e.g. `model.encoder.layers.3.ffn`).
+        group: the `ExpertGroup` that matched it.
+        module: the block module.
+        num_experts: its number of experts.
+        top_k: experts per token (`group.top_k_attr`).
+        tokens: tokens routed to each expert since the counters were last reset, `(num_experts,)` (long).
+        gate: with gates installed, a parameter of ones `(num_experts,)` multiplying each expert's output: its
+            gradient is the first-order effect of removing the expert (its Taylor score).
+    """
+
+    name: str
+    group: ExpertGroup
+    module: nn.Module
+    num_experts: int
+    top_k: int
+    tokens: torch.Tensor
+    gate: nn.Parameter | None = None
+    hooks: list = None
+
+    def experts(self) -> nn.ModuleList:
+        return self.module.get_submodule(self.group.experts)
+
+
+def describe_expert_blocks(model: nn.Module, spec: ArchitectureSpec | None = None) -> list[ExpertBlock]:
+    """The mixture-of-experts blocks of `model` (its spec's `ExpertGroup`s), without installing anything."""
+    spec = spec or get_spec(model)
+    blocks = []
+    for name, group, module in spec.match(model):
+        if isinstance(group, ExpertGroup):
+            experts = module.get_submodule(group.experts)
+            top_k = int(getattr(module, group.top_k_attr))
+            blocks.append(
+                ExpertBlock(name, group, module, len(experts), top_k, torch.zeros(len(experts), dtype=torch.long))
+            )
+    return blocks
+
+
+class _ExpertHook:
+    """Forward hook of one expert: counts the tokens it receives and applies its gate."""
+
+    def __init__(self, block: ExpertBlock, index: int):
+        self.block, self.index = block, index
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        x = args[0]
+        self.block.tokens[self.index] += x.numel() // max(x.shape[-1], 1)
+        if self.block.gate is None:
+            return None
+        return output * self.block.gate[self.index].to(output.dtype)
+
+
+def install_expert_gates(
+    model: nn.Module, spec: ArchitectureSpec | None = None, gates: bool = True
+) -> list[ExpertBlock]:
+    """Hooks every expert of `model`'s mixture-of-experts blocks: counts the tokens routed to it and, with `gates`,
+    multiplies its output by a gate parameter (ones: the function is unchanged) whose gradient scores the expert.
+
+    Args:
+        model (`nn.Module`): a model whose spec has `ExpertGroup`s.
+        spec (`ArchitectureSpec`, *optional*): defaults to the registered spec for the model's class.
+        gates (`bool`, defaults to `True`): install the gates (`False`: count tokens only, as usage scoring does).
+
+    Returns:
+        The `ExpertBlock`s, also kept on the model until [`remove_expert_gates`].
+    """
+    model = unwrap(model)
+    if getattr(model, _EXPERTS_ATTR, None):
+        raise ValueError("Expert gates are already installed on this model; call `remove_expert_gates(model)` first.")
+    blocks = describe_expert_blocks(model, spec)
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no mixture-of-experts block in its spec.")
+    device = next(model.parameters()).device
+    for block in blocks:
+        block.tokens = block.tokens.to(device)
+        if gates:
+            block.gate = nn.Parameter(torch.ones(block.num_experts, device=device))
+            block.module.register_parameter(EXPERT_GATE_NAME, block.gate)
+        block.hooks = [expert.register_forward_hook(_ExpertHook(block, e)) for e, expert in enumerate(block.experts())]
+    object.__setattr__(model, _EXPERTS_ATTR, blocks)
+    return blocks
+
+
+def remove_expert_gates(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Removes the hooks and gates of [`install_expert_gates`]; returns the token counts (CPU) by block name."""
+    model = unwrap(model)
+    blocks = getattr(model, _EXPERTS_ATTR, None) or []
+    for block in blocks:
+        for hook in block.hooks:
+            hook.remove()
+        if block.gate is not None:
+            del block.module._parameters[EXPERT_GATE_NAME]
+    object.__setattr__(model, _EXPERTS_ATTR, None)
+    return {block.name: block.tokens.cpu() for block in blocks}

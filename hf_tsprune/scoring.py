@@ -271,3 +271,99 @@ class TaylorScorer:
     def load_state_dict(self, state: dict) -> None:
         self.ema_scores = [None if s is None else s.clone() for s in state["ema_scores"]]
         self.alive = [a.clone().bool() for a in state["alive"]]
+
+
+# -- experts (mixture-of-experts blocks, `hf_tsprune.specs.ExpertGroup`) -------------------------------------------
+
+
+@torch.no_grad()
+def count_expert_tokens(model: torch.nn.Module, batches, forward=None) -> dict[str, torch.Tensor]:
+    """Tokens routed to each expert of every mixture-of-experts block over `batches` (no gradients): the paper's
+    expert-usage statistics (run it over the train and validation windows).
+
+    Args:
+        model (`nn.Module`): a model whose spec has `ExpertGroup`s (run in its current train/eval mode).
+        batches (iterable of `dict`): forward arguments (e.g. a `DataLoader` with the family's `ForecastCollator`).
+        forward (`Callable[[dict], Any]`, *optional*): runs the model on one batch (default `model(**batch)`).
+
+    Returns:
+        Block name -> `(num_experts,)` token counts (CPU, long).
+    """
+    from .masks import install_expert_gates, remove_expert_gates
+
+    install_expert_gates(model, gates=False)
+    try:
+        for batch in batches:
+            forward(batch) if forward is not None else model(**batch)
+    finally:
+        counts = remove_expert_gates(model)
+    return counts
+
+
+def expert_usage(tokens: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Per-layer usage relative to top-k: the fraction of the layer's tokens routed to each expert, divided by `top_k`
+    (each token goes to `top_k` experts, so a layer's usages sum to 1; uniform routing gives `1 / num_experts`, an
+    expert no token reached 0)."""
+    total = tokens.sum()
+    if total == 0:
+        return torch.zeros(tokens.shape, dtype=torch.float64)
+    return tokens.double() / total.double()  # = (tokens / num_tokens) / top_k, as sum(tokens) = num_tokens * top_k
+
+
+def experts_to_keep(scores: torch.Tensor, threshold: float, top_k: int) -> torch.Tensor:
+    """Which experts of one layer stay: those scored above `threshold` (usage, or Taylor score); a negative `threshold`
+    keeps only the `top_k` best; a layer always keeps at least `top_k` experts (the best, ties to the lower index),
+    because routing picks `top_k` of them. Unscored experts (NaN: never used) count as the lowest.
+
+    Args:
+        scores (`torch.Tensor`): `(num_experts,)` usage ([`expert_usage`]) or EMA Taylor scores ([`ExpertTaylorScorer`]).
+        threshold (`float`): experts at or below it go (`0` with usage: only the experts no token reached).
+        top_k (`int`): experts per token.
+
+    Returns:
+        `(num_experts,)` bool, True = kept.
+    """
+    scores = torch.nan_to_num(scores.double(), nan=-math.inf)
+    order = sorted(range(scores.numel()), key=lambda e: (-float(scores[e]), e))
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    if threshold >= 0:
+        keep = scores > threshold
+    keep[order[: min(top_k, scores.numel())]] = True
+    return keep
+
+
+class ExpertTaylorScorer:
+    """First-order (Taylor) score of removing each whole expert, `s = -grad(gate) * gate` per optimizer step on the
+    gates of [`hf_tsprune.masks.install_expert_gates`], smoothed with the channel scores' EMA; an expert that received
+    no token in a step is *unused* there (its EMA keeps its previous value) rather than scored 0, which would
+    spuriously prune experts that are merely idle in some steps (the paper's fix). Experts never used keep NaN.
+
+    Args:
+        blocks (`list[ExpertBlock]`): the installed expert blocks.
+        ema (`float`): EMA weight of the newest step's score, in (0, 1].
+    """
+
+    def __init__(self, blocks, ema: float = 0.3):
+        self.blocks = blocks
+        self.ema = ema
+        self.scores = {b.name: torch.full((b.num_experts,), math.nan, dtype=torch.float64) for b in blocks}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Scores the current step from the gates' gradients (call after `backward`), then resets the gradients and
+        token counters."""
+        for block in self.blocks:
+            used = block.tokens.cpu() > 0
+            grad = block.gate.grad
+            if grad is None:
+                grad = torch.zeros_like(block.gate)
+            step = (-grad * block.gate).detach().double().cpu()
+            previous = self.scores[block.name]
+            smoothed = torch.where(torch.isnan(previous), step, self.ema * step + (1 - self.ema) * previous)
+            self.scores[block.name] = torch.where(used, smoothed, previous)
+            block.gate.grad = None
+            block.tokens.zero_()
+
+    def keep(self, threshold: float) -> dict[str, torch.Tensor]:
+        """Per block, the experts to keep under `threshold` ([`experts_to_keep`])."""
+        return {b.name: experts_to_keep(self.scores[b.name], threshold, b.top_k) for b in self.blocks}

@@ -4,7 +4,7 @@ A spec names, for one model family, the coupled groups of channels that can be r
 in `hf_tsprune.surgery` does every index computation, tensor slice and attribute update from it. Each family file in
 `hf_tsprune/families/` holds its spec and registers it with the rest of the family (`hf_tsprune.register_family`).
 
-Two kinds of group exist:
+Three kinds of group exist:
 
 - `MLPGroup`: the intermediate channels of a feed-forward block. Channel `c` is output row `c` of every *producer*
   Linear (`fc1`, `gate_proj`, `up_proj`, ...) and input column `c` of the *consumer* Linear (`fc2`, `down_proj`).
@@ -13,6 +13,9 @@ Two kinds of group exist:
   its key/value head and the query heads that share it) goes when all of its value channels are pruned, as in the
   paper; value channels pruned inside a kept head are cut from a uniform value head dimension where the spec provides
   an attention forward that supports it (`v_head_dim_forward`), and otherwise stay as exact zero columns of `o_proj`.
+- `ExpertGroup`: the experts of a mixture-of-experts block, removed whole with their router rows (by routing usage
+  or a Taylor score per expert: `hf_tsprune.scoring`, `hf_tsprune.surgery.remove_experts`); channel masks never
+  cover them (the channels inside each expert are an `MLPGroup`).
 
 Residual-stream (model-width) channels are never pruned: every block adds its output to the residual stream, so one
 residual channel couples the embedding, every norm weight and every block's input and output projections at once;
@@ -149,7 +152,61 @@ class AttentionGroup:
         return self.keep_empty_blocks or self.kept_heads_attr is not None
 
 
-Group = MLPGroup | AttentionGroup
+@dataclass(frozen=True)
+class ExpertGroup:
+    """The experts of a mixture-of-experts block, removed whole (the paper's expert pruning of Time-MoE).
+
+    Expert `e` is `experts[e]` (a module; the channels inside each expert are an `MLPGroup` of their own) and row `e`
+    of the router. Removing an expert drops the module and its router row, so that the kept experts' routing logits,
+    hence their top-k choice and weights, are those of the unpruned model wherever the removed experts were not chosen:
+    removing experts that no token was routed to leaves every output exactly unchanged.
+
+    Args:
+        pattern (`str`):
+            Regular expression that must fully match the name of the mixture-of-experts block.
+        experts (`str`, defaults to `"experts"`):
+            Attribute path (relative to the block) of the `nn.ModuleList` of experts.
+        router (`str`, *optional*):
+            Attribute path of the router `nn.Linear` whose output rows are the experts' logits (Time-MoE's `gate`):
+            its rows of removed experts are cut.
+        kept_experts_attr (`str`, *optional*):
+            For a router held outside the block (Moirai-MoE: one centroid tensor of every layer, held by the encoder
+            and passed to each block): the name of a buffer the engine registers on the block (persistent), holding
+            the original indices of its kept experts, which `router_forward` (required with it) uses to select the
+            kept experts' rows of that tensor.
+        num_experts_attrs (`tuple[str, ...]`):
+            Block attributes holding the number of experts (updated after a removal).
+        top_k_attr (`str`, defaults to `"top_k"`):
+            Block attribute holding the number of experts per token; a block keeps at least that many experts.
+        router_forward (`Callable`, *optional*):
+            A forward bound as the block's `forward` after a removal (reads `kept_experts_attr`).
+        module_classes (`tuple[str, ...]`, *optional*):
+            When given, only modules whose class (or a base class) has one of these names match.
+    """
+
+    pattern: str
+    experts: str = "experts"
+    router: str | None = None
+    kept_experts_attr: str | None = None
+    num_experts_attrs: tuple[str, ...] = ()
+    top_k_attr: str = "top_k"
+    router_forward: Callable | None = None
+    module_classes: tuple[str, ...] = ()
+
+    kind = "experts"
+
+    def __post_init__(self):
+        if (self.router is None) == (self.kept_experts_attr is None):
+            raise ValueError(f"ExpertGroup({self.pattern!r}): give exactly one of `router` and `kept_experts_attr`.")
+        if self.kept_experts_attr is not None and self.router_forward is None:
+            raise ValueError(f"ExpertGroup({self.pattern!r}): `kept_experts_attr` needs a `router_forward`.")
+
+    def to_block(self) -> dict:
+        """The group as the plain dict a pruned checkpoint's configuration records (`hf_tsprune_blocks`)."""
+        return _to_block(self)
+
+
+Group = MLPGroup | AttentionGroup | ExpertGroup
 
 
 def _to_block(group: Group) -> dict:
@@ -204,8 +261,8 @@ class ArchitectureSpec:
         return [group.to_block() for group in self.groups]
 
     def attention_forwards(self) -> tuple[Callable, ...]:
-        """The attention forwards the groups use (`v_head_dim_forward`), each once."""
-        forwards = [getattr(g, "v_head_dim_forward", None) for g in self.groups]
+        """The forwards the groups use (`v_head_dim_forward`, `router_forward`), each once."""
+        forwards = [getattr(g, "v_head_dim_forward", None) or getattr(g, "router_forward", None) for g in self.groups]
         return tuple(dict.fromkeys(f for f in forwards if f is not None))
 
 

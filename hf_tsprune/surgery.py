@@ -53,7 +53,16 @@ from .masks import (
 )
 from .specs import ArchitectureSpec, AttentionGroup
 
-__all__ = ["EmptyAttention", "GroupPlan", "PruningPlan", "apply_layout", "count_flops", "make_plan", "shrink"]
+__all__ = [
+    "EmptyAttention",
+    "GroupPlan",
+    "PruningPlan",
+    "apply_layout",
+    "count_flops",
+    "make_plan",
+    "remove_experts",
+    "shrink",
+]
 
 
 @dataclass
@@ -75,9 +84,14 @@ class GroupPlan:
     keep_v: torch.Tensor | None = field(default=None, repr=False)  # attention: (heads_after, head_dim_after) channels
     zero: torch.Tensor | None = field(default=None, repr=False)  # kept-but-pruned positions (bool, like keep/keep_v)
     kept_heads: list[int] | None = None  # attention with a `kept_heads_attr`: original indices of the kept kv heads
+    # (experts: original indices of the kept experts)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("keep", "keep_v", "zero")}
+
+    def layout_entry(self) -> dict:
+        """This group's entry of the pruned layout (experts: kept count and original indices)."""
+        return {"kind": "experts", "num_experts": self.units_after, "kept_experts": list(self.kept_heads or [])}
 
 
 @dataclass
@@ -111,6 +125,8 @@ class PruningPlan:
                 layout[g.name] = {"kind": "attention", "num_kv_heads": g.heads_after, "v_head_dim": g.head_dim_after}
                 if g.kept_heads is not None:
                     layout[g.name]["kept_heads"] = list(g.kept_heads)
+            elif g.kind == "experts":
+                layout[g.name] = {"kind": "experts", "num_experts": g.units_after, "kept_experts": g.kept_heads}
             else:
                 layout[g.name] = {"kind": "mlp", "width": g.width_after}
         return layout
@@ -437,6 +453,124 @@ def shrink(
             )
     model.train(was_training)
     return plan
+
+
+def _renumbered_layout(layout: dict, name: str, experts_path: str, kept: list[int], entry: dict) -> dict:
+    """The layout after a removal of experts of block `name`: its experts entry first (it is applied before the
+    entries of its experts), the entries of the kept experts under their new indices, those of removed ones gone."""
+    prefix = f"{name}.{experts_path}."
+    new_index = {old: new for new, old in enumerate(kept)}
+    experts_first, rest = {}, {}
+    for key, value in layout.items():
+        if key == name:
+            continue
+        if key.startswith(prefix):
+            index, dot, tail = key[len(prefix) :].partition(".")
+            if int(index) not in new_index:
+                continue
+            key = f"{prefix}{new_index[int(index)]}{dot}{tail}"
+        (experts_first if value.get("kind") == "experts" else rest)[key] = value
+    return {**experts_first, name: entry, **rest}
+
+
+@torch.no_grad()
+def remove_experts(
+    model: nn.Module,
+    keep: dict[str, torch.Tensor],
+    *,
+    verify: bool = True,
+    tolerance: float = 1e-4,
+    example_inputs: dict | None = None,
+) -> PruningPlan:
+    """Removes whole experts of mixture-of-experts blocks (the spec's `ExpertGroup`s), in place: their modules and
+    router rows go (or, for a router outside the block, the block's kept-experts buffer selects the kept rows), so
+    the kept experts' routing is unchanged; the kept experts (original indices) are recorded in the layout.
+
+    Removing experts that no token reached leaves the forecast on those inputs exactly unchanged; removing used ones
+    changes it (their tokens are routed to the next experts), so `verify` (on by default) only reports the change:
+    `plan.max_rel_error` is the relative change of the forecast on `example_inputs`, and it raises above `tolerance`
+    only when every removed expert was unused on them.
+
+    Args:
+        model (`nn.Module`): a model whose spec has `ExpertGroup`s (channel masks removed or not installed).
+        keep (`dict[str, torch.Tensor]`): block name -> `(num_experts,)` bool, True = kept (e.g.
+            [`hf_tsprune.scoring.experts_to_keep`]); blocks not listed keep every expert.
+        verify (`bool`): measure the forecast change on `example_inputs`.
+        tolerance (`float`): see above.
+        example_inputs (`dict`, *optional*): forward kwargs (default: the spec's, batch 1, seed 0).
+
+    Returns:
+        `PruningPlan` with one `"experts"` group per changed block (units: experts) and exact parameter counts.
+
+    Raises:
+        `ValueError`: an unknown block, a wrong mask size, or fewer kept experts than the block's top-k.
+    """
+    from .masks import describe_expert_blocks, install_expert_gates, remove_expert_gates, unwrap
+
+    model = unwrap(model)
+    spec = get_spec(model)
+    blocks = {b.name: b for b in describe_expert_blocks(model, spec)}
+    unknown = set(keep) - set(blocks)
+    if unknown:
+        raise ValueError(f"`keep` names blocks without experts: {sorted(unknown)}; known: {sorted(blocks)}.")
+    if example_inputs is None:
+        example_inputs = spec.example_inputs(model, 1, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    reference, used = None, {}
+    if verify:
+        install_expert_gates(model, spec, gates=False)
+        try:
+            reference = spec.forecast(model, example_inputs)
+        finally:
+            used = {k: v > 0 for k, v in remove_expert_gates(model).items()}
+    total_before = _params(model)
+    plans, layout = [], dict(getattr(model.config, LAYOUT_ATTR, None) or {})
+    for name, mask in keep.items():
+        block, mask = blocks[name], torch.as_tensor(mask).bool().cpu()
+        if mask.numel() != block.num_experts:
+            raise ValueError(f"The mask of {name} has {mask.numel()} experts; the block has {block.num_experts}.")
+        kept = torch.nonzero(mask).flatten()
+        if kept.numel() < block.top_k:
+            raise ValueError(f"{name} routes every token to {block.top_k} experts; the mask keeps {kept.numel()}.")
+        if kept.numel() == block.num_experts:
+            continue
+        group, module = block.group, block.module
+        before = _params(module)
+        experts = block.experts()
+        set_submodule(module, group.experts, nn.ModuleList([experts[i] for i in kept.tolist()]))
+        if group.router is not None:
+            set_submodule(module, group.router, _sliced_linear(module.get_submodule(group.router), rows=kept))
+        previous = getattr(module, group.kept_experts_attr, None) if group.kept_experts_attr else None
+        original = kept if previous is None else previous.cpu()[kept]
+        if group.kept_experts_attr is not None:
+            module.register_buffer(group.kept_experts_attr, original.to(next(module.parameters()).device))
+        for attr in group.num_experts_attrs:
+            setattr(module, attr, int(kept.numel()))
+        if group.router_forward is not None:
+            use_forward(module, group.router_forward)
+        plan = GroupPlan(name, "experts", block.num_experts, int(kept.numel()), before, _params(module),
+                         kept_heads=[int(i) for i in original])  # fmt: skip
+        plans.append(plan)
+        layout = _renumbered_layout(layout, name, group.experts, kept.tolist(), plan.layout_entry())
+    setattr(model.config, LAYOUT_ATTR, layout)
+    total_after = total_before - sum(p.params_before - p.params_after for p in plans)
+    if _params(model) != total_after:
+        raise RuntimeError("Internal error: the expert removal's parameter count does not add up.")
+    result = PruningPlan(type(model).__name__, plans, total_before, total_after)
+    if verify:
+        output = spec.forecast(model, example_inputs)
+        err = (output - reference).abs().max().item()
+        result.max_abs_error = err
+        result.max_rel_error = err / max(reference.abs().max().item(), 1e-12)
+        only_unused = all(not bool(used[p.name][~torch.as_tensor(keep[p.name]).bool().cpu()].any()) for p in plans)
+        if only_unused and result.max_rel_error > tolerance:
+            raise RuntimeError(
+                f"Removing experts no token reached changed the forecast by {result.max_rel_error:.2e} (relative) on "
+                f"{spec.name}; please report this with the model config."
+            )
+    model.train(was_training)
+    return result
 
 
 def apply_layout(model: nn.Module, layout: dict[str, dict]) -> nn.Module:
