@@ -37,6 +37,51 @@ logger = logging.get_logger(__name__)
 STATE_FILE = "hf_tsprune_pruning_state.pt"
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A training loss, gradient or validation loss became NaN or infinite: the run stops at that step, before the
+    optimizer applies it, so nothing non-finite is kept as the best state, saved or pushed."""
+
+
+def _grads_finite(grads: list[torch.Tensor]) -> bool:
+    """Whether every entry of `grads` is finite (one reduction over all of them; the max norm cannot overflow)."""
+    grads = [g for g in grads if g is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)).item())
+
+
+def _non_finite(stage: str, step: int, what: str) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"The {stage} stopped at optimizer step {step}: {what}. Nothing of this run is kept as its best state or "
+        "saved. Check the data for values the loader did not mask (the missing-value warning counts NaN and ±inf "
+        "per column), lower the learning rate, or train in float32."
+    )
+
+
+def check_finite_gradients(stage: str, step: int, named_grads: dict[str, torch.Tensor]) -> None:
+    """Raises a [`NonFiniteLossError`] naming `stage`, `step` and the first parameters whose gradient is NaN or
+    infinite.
+
+    Args:
+        stage (`str`): The stage, for the message (`"prune run"`, `"finetune"`).
+        step (`int`): The optimizer step about to be taken (1-based).
+        named_grads (`dict[str, torch.Tensor]`): Gradients by parameter name (`None` entries are skipped).
+    """
+    if _grads_finite(list(named_grads.values())):
+        return
+    bad = [name for name, grad in named_grads.items() if grad is not None and not bool(torch.isfinite(grad).all())]
+    names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise _non_finite(stage, step, f"the loss or its gradient is not finite (NaN/inf gradient of {names})")
+
+
+def check_finite_metrics(stage: str, step: int, metrics: dict | None, keys: tuple[str, ...]) -> None:
+    """Raises a [`NonFiniteLossError`] when one of the `keys` of logged or evaluation `metrics` is NaN or infinite."""
+    for key in keys:
+        value = (metrics or {}).get(key)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise _non_finite(stage, step, f"{key} is {value}")
+
+
 class PruningCallback(TrainerCallback):
     """Scores channels with EMA-smoothed Taylor importance and prunes them on schedule during `Trainer.train()`.
 
@@ -50,12 +95,17 @@ class PruningCallback(TrainerCallback):
     Pruning stops once `max_sparsity` is reached; training then ends after one last evaluation. The model is never
     modified structurally here: call `hf_tsprune.shrink(model)` after `train()` returns.
 
+    A NaN or infinite mask gradient (hence loss), logged loss or validation loss stops the run with a
+    [`NonFiniteLossError`] naming the step, before it is scored or kept as the best mask set.
+
     Args:
         config (`PruningConfig`, *optional*): the prune-run settings; keyword arguments build one if not given.
         resume_from_checkpoint (`str`, *optional*): the checkpoint folder `trainer.train(resume_from_checkpoint=...)`
             resumes from; its saved pruning state (EMA scores, masks, best set) is restored. By default the callback
             looks in `output_dir/checkpoint-<step>` when the Trainer resumes.
     """
+
+    stage = "prune run"  # named by the error a non-finite loss or gradient raises
 
     def __init__(self, config: PruningConfig | None = None, resume_from_checkpoint: str | None = None, **kwargs):
         self.config = config if config is not None else PruningConfig(**kwargs)
@@ -107,6 +157,7 @@ class PruningCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         groups = masked_groups(model)
+        check_finite_gradients(self.stage, state.global_step + 1, {g.name: g.mask.grad for g in groups})
         if not self.finished:
             grads = [g.mask.grad if g.mask.grad is not None else torch.zeros_like(g.mask) for g in groups]
             self.scorer.update(grads, [g.mask for g in groups])
@@ -145,6 +196,7 @@ class PruningCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         key = self.config.metric_for_best_mask
+        check_finite_metrics(self.stage, state.global_step, metrics, (key,))
         if not metrics or key not in metrics:
             logger.warning(f"hf_tsprune: evaluation returned no {key!r}; the mask set of this step is not ranked.")
             return
@@ -159,6 +211,7 @@ class PruningCallback(TrainerCallback):
             self.best_masks = {k: v.clone() for k, v in get_masks(model).items()}
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        check_finite_metrics(self.stage, state.global_step, logs, ("loss",))
         if logs is None or self.scorer is None:
             return
         extra = {
@@ -229,20 +282,35 @@ class BestWeightsCallback(TrainerCallback):
     model goes through transformers' save-time weight renaming (e.g. timesfm2_5 `fc1`↔`ff0`), which the Trainer's
     best-model reload does not invert, so MLP weights would silently stay at their last values.
 
+    A NaN or infinite gradient (hence loss), logged loss or evaluation metric stops training with a
+    [`NonFiniteLossError`] naming `stage` and the step, before the optimizer applies it (the gradient check is
+    skipped under fp16 loss scaling, whose overflowing steps are skipped by design).
+
     Args:
         metric (`str`, defaults to `"eval_loss"`): the evaluation metric (lower is better).
         patience (`int`, *optional*): stop after this many evaluations without improvement (`None`: never).
+        stage (`str`, defaults to `"finetune"`): the stage named by the non-finite error.
     """
 
-    def __init__(self, metric: str = "eval_loss", patience: int | None = None):
+    def __init__(self, metric: str = "eval_loss", patience: int | None = None, stage: str = "finetune"):
         self.metric = metric
         self.patience = patience
+        self.stage = stage
         self.best_metric: float | None = None
         self.best_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_evaluations = 0
 
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if not args.fp16:
+            named = unwrap(model).named_parameters()
+            check_finite_gradients(self.stage, state.global_step + 1, {n: p.grad for n, p in named if p.requires_grad})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        check_finite_metrics(self.stage, state.global_step, logs, ("loss",))
+
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        check_finite_metrics(self.stage, state.global_step, metrics, (self.metric,))
         if not metrics or self.metric not in metrics:
             return
         value = float(metrics[self.metric])

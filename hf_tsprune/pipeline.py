@@ -374,6 +374,7 @@ def stage_training_arguments(
         per_device_eval_batch_size=args.per_device_train_batch_size,  # validation loss in training-sized batches
         eval_strategy="steps" if args.eval_steps else "epoch",
         logging_steps=max(1, (args.eval_steps or 10) // 2),
+        logging_nan_inf_filter=False,  # a non-finite loss is logged as it is, and stops the run (the callbacks)
     )
     settings.update(stage_settings)
     return TrainingArguments(output_dir, **settings)
@@ -484,7 +485,7 @@ def finetune_stage(
 
         lora = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules=lora_target_modules(model))
         trained = get_peft_model(model, lora)
-    best_weights = BestWeightsCallback("eval_loss", patience=args.early_stopping_patience)
+    best_weights = BestWeightsCallback("eval_loss", patience=args.early_stopping_patience, stage="finetune")
     training_args = stage_training_arguments(
         args, output_dir, trained,
         num_train_epochs=args.finetune_epochs,
