@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
 from .family import get_family, get_spec
@@ -56,7 +57,9 @@ __all__ = [
     "CARD_TEMPLATE",
     "KEPT_UNITS_IMAGE",
     "ForecastResult",
+    "HubPushError",
     "HubUnreachableError",
+    "check_push_access",
     "card_template",
     "describe_device",
     "make_model_card",
@@ -71,6 +74,11 @@ __all__ = [
 
 class HubUnreachableError(ConnectionError):
     """The Hugging Face Hub could not be reached (no network, DNS, proxy or TLS failure)."""
+
+
+class HubPushError(RuntimeError):
+    """An upload failed after every local output was written; the message names the saved folder and how to retry
+    (`push_folder_to_hub`)."""
 
 
 @dataclass
@@ -620,6 +628,56 @@ def _check_online(repo_id: str) -> None:
         )
 
 
+def check_push_access(
+    repo_id: str | None, token: str | bool | None = None, *, probe: bool = True, argument: str = "repo_id"
+) -> None:
+    """Checks what a push needs before any work is done for it: online mode, a valid repository id, a token, and
+    (with `probe`) that the Hub answers and accepts the token (one `whoami` request).
+
+    Args:
+        repo_id (`str`): The repository to push to (`"user/name"` or `"org/name"`).
+        token (`str`, *optional*): The token the push will use; by default the usual places (`HF_TOKEN`,
+            `hf auth login`).
+        probe (`bool`, defaults to `True`): Also ask the Hub who the token belongs to.
+        argument (`str`, defaults to `"repo_id"`): How the caller names the repository id, for messages (the
+            recipes: `--hub_model_id`).
+
+    Raises:
+        `OfflineModeIsEnabled` (`HF_HUB_OFFLINE=1`), `ValueError` (no or an invalid repository id),
+        `LocalTokenNotFoundError` (no token), `HubUnreachableError` (the Hub cannot be reached), `PermissionError`
+        (the Hub rejects the token).
+    """
+    _check_online(repo_id)
+    if not repo_id:
+        raise ValueError(f"A push needs a repository id: pass {argument} (e.g. your-name/timesfm-pruned-etth1).")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(
+            f"{repo_id!r} ({argument}) is not a valid Hub repository id ({err}). Use 'your-name/model-name' (letters, "
+            "digits, '-', '_' and '.')."
+        ) from None
+    if token is False or (token is None and get_token() is None):
+        raise LocalTokenNotFoundError(
+            f"Cannot push {repo_id!r} to the Hub: no Hugging Face token found. Set the HF_TOKEN environment variable "
+            "or run `hf auth login` (a token with write access), then retry. Nothing was written."
+        )
+    if not probe:
+        return
+    try:
+        HfApi(token=token).whoami()
+    except _httpx.TransportError as err:
+        raise _unreachable(err) from None
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        if status in (401, 403):
+            raise PermissionError(
+                f"Cannot push {repo_id!r} to the Hub: it rejects the token ({status}). Set a valid token with write "
+                "access in HF_TOKEN or with `hf auth login`, then retry. Nothing was written."
+            ) from None
+        raise
+
+
 def push_folder_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -650,10 +708,12 @@ def push_folder_to_hub(
         `huggingface_hub.CommitInfo` of the commit.
 
     Raises:
-        `OfflineModeIsEnabled` when `HF_HUB_OFFLINE=1`; `HubUnreachableError` (a `ConnectionError`) when the Hub
-        cannot be reached; `huggingface_hub` HTTP errors (authentication, permissions) as they are.
+        `OfflineModeIsEnabled` when `HF_HUB_OFFLINE=1`, `ValueError` for an invalid `repo_id` and
+        `LocalTokenNotFoundError` without a token, all before any request; `HubUnreachableError` (a
+        `ConnectionError`) when the Hub cannot be reached; `huggingface_hub` HTTP errors (authentication,
+        permissions) as they are.
     """
-    _check_online(repo_id)
+    check_push_access(repo_id, token, probe=False)
     if not os.path.isdir(folder) or not os.listdir(folder):
         raise ValueError(f"Nothing to upload: {folder} is not a folder with files in it.")
     api = HfApi(token=token)
@@ -733,10 +793,11 @@ def push_pruned_to_hub(
         `huggingface_hub.CommitInfo` of the commit.
 
     Raises:
-        `OfflineModeIsEnabled` right away (before saving anything) when `HF_HUB_OFFLINE=1`; `HubUnreachableError`
-        (a `ConnectionError`) when the Hub cannot be reached.
+        Before anything is saved or rendered ([`check_push_access`]): `OfflineModeIsEnabled` when `HF_HUB_OFFLINE=1`,
+        `ValueError` for an invalid `repo_id`, `LocalTokenNotFoundError` without a token, `HubUnreachableError` (a
+        `ConnectionError`) when the Hub cannot be reached and `PermissionError` when it rejects the token.
     """
-    _check_online(repo_id)
+    check_push_access(repo_id, token)
     with tempfile.TemporaryDirectory(prefix="hf_tsprune-push-") as folder:
         save_pruned(
             model, folder, base_model=base_model, base_model_revision=base_model_revision,

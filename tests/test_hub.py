@@ -193,7 +193,9 @@ def test_measure_latency_reports_milliseconds():
 class FakeHub:
     """Answers the Hub endpoints a push uses and records every request."""
 
-    def __init__(self, fail_commit: bool = False, unreachable: bool = False, exists: bool = False):
+    def __init__(
+        self, fail_commit: bool = False, unreachable: bool = False, exists: bool = False, reject_token: bool = False
+    ):
         self.requests: list[httpx2.Request] = []
         self.created: list[dict] = []
         self.deleted: list[dict] = []
@@ -201,12 +203,17 @@ class FakeHub:
         self.fail_commit = fail_commit
         self.unreachable = unreachable
         self.exists = exists
+        self.reject_token = reject_token
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.requests.append(request)
         if self.unreachable:
             raise httpx2.ConnectError("[Errno -3] Temporary failure in name resolution", request=request)
         path = request.url.path
+        if path == "/api/whoami-v2":  # the token check before a push
+            if self.reject_token:
+                return httpx2.Response(401, json={"error": "Invalid credentials in Authorization header"})
+            return httpx2.Response(200, json={"type": "user", "name": "me", "auth": {"type": "access_token"}})
         if path == "/api/repos/create":
             body = json.loads(request.content)
             if self.exists:
