@@ -375,8 +375,50 @@ def make_pruned_config_class(
     return type(name, (PrunedConfigMixin, base_config_class), attrs)
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not match the model built from its configuration (missing, unexpected or
+    mismatched tensors): loading it would leave freshly initialised weights in the model."""
+
+
+def check_loading_info(info: Mapping, checkpoint, model_class: str, strict_hint: str = "strict=False") -> None:
+    """Raises a [`CheckpointMismatchError`] naming the tensors when a transformers loading report (`from_pretrained(
+    ..., output_loading_info=True)`) lists any missing, unexpected or mismatched tensor or a loading error.
+
+    Args:
+        info (`Mapping`): The loading report (`missing_keys`, `unexpected_keys`, `mismatched_keys`, `error_msgs`).
+        checkpoint: The checkpoint loaded (its path or Hub id), for the message.
+        model_class (`str`): The class it was loaded into, for the message.
+        strict_hint (`str`): How the caller accepts such a checkpoint anyway, for the message.
+    """
+
+    def listed(keys) -> str:
+        keys = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in keys)
+        return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+    problems = []
+    if info.get("missing_keys"):
+        problems.append(f"missing tensors {listed(info['missing_keys'])} (they would be freshly initialised)")
+    if info.get("unexpected_keys"):
+        problems.append(f"unexpected tensors {listed(info['unexpected_keys'])} (they would be ignored)")
+    if info.get("mismatched_keys"):
+        problems.append(f"tensors of another shape {listed(info['mismatched_keys'])}")
+    if info.get("error_msgs"):
+        problems.append("loading errors: " + "; ".join(str(m) for m in info["error_msgs"][:3]))
+    if problems:
+        raise CheckpointMismatchError(
+            f"The checkpoint {checkpoint} does not match {model_class}: " + "; ".join(problems) + ". It is "
+            "incomplete or was altered after saving: restore or re-save it (`save_pretrained`), or pass "
+            f"`{strict_hint}` to load it with the freshly initialised tensors anyway."
+        )
+
+
 class PrunedModelMixin:
-    """Builds the base model, then applies `config.hf_tsprune_layout` (listed first in the pruned class' bases)."""
+    """Builds the base model, then applies `config.hf_tsprune_layout` (listed first in the pruned class' bases).
+
+    `from_pretrained` loads strictly: a checkpoint with a missing, unexpected or mismatched tensor raises a
+    [`CheckpointMismatchError`] naming them (with hf_tsprune and with `trust_remote_code=True` alike), never a silent
+    re-initialisation; `strict=False` accepts it, as transformers does.
+    """
 
     _hf_tsprune_forwards: dict[str, Callable] = {}
 
@@ -386,6 +428,18 @@ class PrunedModelMixin:
         blocks = getattr(config, BLOCKS_ATTR, None) or []
         apply_pruned_layout(self, layout, blocks, self._hf_tsprune_forwards)
         self.post_init()  # initialises the resized layers (no-op where from_pretrained loads them) and tied keys
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
+        """The base class' `from_pretrained`, which raises on any missing, unexpected or mismatched tensor unless
+        `strict=False` (the loading report is returned as usual with `output_loading_info=True`)."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        if strict:
+            check_loading_info(info, pretrained_model_name_or_path, cls.__name__)
+        return (model, info) if output_loading_info else model
 
 
 def make_pruned_model_class(

@@ -207,22 +207,53 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _check_binary(name: str, mask: torch.Tensor, where: str) -> None:
+    """Raises when a mask holds a value other than 0 and 1: a fractional mask scales its channels, which no shrink
+    can remove exactly."""
+    if mask.dtype == torch.bool:
+        return
+    binary = (mask == 0) | (mask == 1)
+    if not bool(binary.all()):
+        values = sorted({float(v) for v in mask.detach()[~binary].flatten()[:5].tolist()})
+        raise ValueError(
+            f"{where} mask of {name} holds values other than 0 and 1 ({values}): a mask keeps (1) or removes (0) a "
+            "channel, and a fractional one scales it, which shrinking cannot remove exactly. Pass boolean masks "
+            "(e.g. `scores > threshold`) or round them (`mask > 0.5`)."
+        )
+
+
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Current masks as boolean CPU tensors keyed by block name (True = kept)."""
-    return {g.name: g.mask.detach().cpu() > 0.5 for g in masked_groups(model)}
+    """Current masks as boolean CPU tensors keyed by block name (True = kept).
+
+    Raises:
+        `ValueError`: an installed mask holds a value other than 0 and 1 (written into the parameter directly).
+    """
+    out = {}
+    for g in masked_groups(model):
+        mask = g.mask.detach().cpu()
+        _check_binary(g.name, mask, "The installed")
+        out[g.name] = mask > 0.5
+    return out
 
 
 @torch.no_grad()
 def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Writes boolean (or 0/1) masks keyed by block name into the installed mask parameters."""
+    """Writes boolean (or 0/1) masks keyed by block name into the installed mask parameters.
+
+    Raises:
+        `ValueError`: an unknown block, a wrong shape, or a value other than 0 and 1 (nothing is written then).
+    """
     groups = {g.name: g for g in masked_groups(model)}
     unknown = set(masks) - set(groups)
     if unknown:
         raise ValueError(f"Masks given for unknown blocks {sorted(unknown)}; known: {sorted(groups)}.")
-    for name, value in masks.items():
+    for name, value in masks.items():  # every mask is checked before any is written
         mask = groups[name].mask
         if value.shape != mask.shape:
             raise ValueError(f"Mask for {name} has shape {tuple(value.shape)}, expected {tuple(mask.shape)}.")
+        _check_binary(name, torch.as_tensor(value), "The given")
+    for name, value in masks.items():
+        mask = groups[name].mask
         mask.copy_(value.to(device=mask.device, dtype=mask.dtype))
 
 
