@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -123,18 +125,42 @@ class TaskArguments:
     dataset: str = field(default="ETTh1", metadata={"help": "Benchmark name, CSV/parquet file or Hub dataset id."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of benchmark files ($HF_TSPRUNE_DATA_DIR)."})
     target: str | None = field(default=None, metadata={"help": "Target column(s) of a user file (comma-separated)."})
+    missing_values: str = field(
+        default="mask",
+        metadata={
+            "help": "Empty, non-numeric and non-finite (±inf) cells: mask (training mean, observed mask 0, warned), "
+            "ffill (forward/backward fill, observed mask 0, warned) or raise (stop, naming the columns)."
+        },
+    )
     prediction_length: int = field(default=96, metadata={"help": "Forecast horizon."})
-    context_length: int = field(default=512, metadata={"help": "Context length of every window."})
+    context_length: int = field(
+        default=512, metadata={"help": "Context length of every window (at most what the model takes)."}
+    )
     preset: str = field(default="quick", metadata={"help": f"Data/epoch preset: {sorted(PRESETS)}."})
     train_stride: int | None = field(default=None, metadata={"help": "Step between training windows (preset)."})
     validation_stride: int | None = field(default=None, metadata={"help": "Step between validation windows (preset)."})
-    output_dir: str = field(default="runs/prune_finetune", metadata={"help": "Where results and checkpoints go."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a previous run in output_dir."})
+    output_dir: str = field(
+        default="runs/prune_finetune",
+        metadata={
+            "help": "Where results go: results.json, the saved model in <output_dir>/model, the prune run's "
+            "checkpoints in <output_dir>/prune_run."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace a previous run in output_dir: its results.json, model and run folders are deleted."
+        },
+    )
     per_device_train_batch_size: int = field(default=64)
     per_device_eval_batch_size: int = field(default=256)
     gradient_accumulation_steps: int = field(default=1)
     eval_steps: int | None = field(
-        default=None, metadata={"help": "Evaluate (and rank the prune run's mask set) every N steps (preset)."}
+        default=None,
+        metadata={
+            "help": "Evaluate (and rank the prune run's mask set) every N steps (preset); the prune run also saves a "
+            "resumable checkpoint (<output_dir>/prune_run/checkpoint-N) every N steps: there is no --save_steps."
+        },
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Finetune learning rate."})
     finetune_epochs: float | None = field(default=None, metadata={"help": "Finetune epochs (preset)."})
@@ -156,6 +182,8 @@ class TaskArguments:
                 setattr(self, key, value)
         if self.prediction_length < 1 or self.context_length < 1:
             raise ValueError("--prediction_length and --context_length must be positive integers.")
+        if self.missing_values not in ("mask", "ffill", "raise"):
+            raise ValueError(f"--missing_values must be mask, ffill or raise, got {self.missing_values!r}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/timesfm-pruned-etth1).")
 
@@ -244,16 +272,60 @@ def parse_arguments(
     return parsed[0] if len(types) == 1 else tuple(parsed)
 
 
-def prepare_output_dir(args: TaskArguments, is_main_process: bool = True) -> None:
-    """Refuses an output folder that holds another run (unless `--overwrite_output_dir`), before any work."""
-    results = Path(args.output_dir) / "results.json"
-    if results.exists() and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+RUN_ARTEFACTS = ("results.json", "model", "prune_run", "finetune_run")
+"""What a recipe run writes into its `output_dir` (beside `grid-<i>` folders of a grid search)."""
+
+
+def previous_run_artefacts(output_dir: str | os.PathLike) -> list[Path]:
+    """The artefacts of an earlier run in `output_dir` ([`RUN_ARTEFACTS`] and `grid-<i>` folders), sorted."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name in RUN_ARTEFACTS or re.fullmatch(r"grid-\d+", p.name))
+
+
+def check_output_dir(args: TaskArguments) -> list[Path]:
+    """Refuses an output folder that holds another run's artefacts, listing them, unless `--overwrite_output_dir`
+    (they are deleted by [`prepare_output_dir`]) or `--resume_from_checkpoint` (they are continued); writes nothing.
+
+    Returns:
+        The artefacts found.
+    """
+    artefacts = previous_run_artefacts(args.output_dir)
+    if artefacts and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        listed = ", ".join(p.name + ("/" if p.is_dir() else "") for p in artefacts)
         raise ValueError(
-            f"{args.output_dir} already holds a run ({results}). Choose another --output_dir or pass "
-            "--overwrite_output_dir."
+            f"{args.output_dir} already holds a run ({listed}). Choose another --output_dir, pass "
+            "--overwrite_output_dir to delete these first, or --resume_from_checkpoint to continue that run."
+        )
+    return artefacts
+
+
+def prepare_output_dir(args: TaskArguments, is_main_process: bool = True) -> list[Path]:
+    """Makes `output_dir` ready for a run, right before its first write: refuses a folder holding another run
+    ([`check_output_dir`]); with `--overwrite_output_dir` (and no `--resume_from_checkpoint`) deletes that run's
+    artefacts ([`RUN_ARTEFACTS`], `grid-<i>` folders; other files stay), so no stale `checkpoint-N` mixes with the
+    new run; creates the folder. Only the main process deletes and creates.
+
+    Returns:
+        The artefacts deleted.
+    """
+    artefacts = check_output_dir(args)
+    removed = []
+    if artefacts and args.overwrite_output_dir and not args.resume_from_checkpoint and is_main_process:
+        for path in artefacts:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+        logger.warning(
+            f"--overwrite_output_dir: deleted the previous run's {', '.join(p.name for p in removed)} in "
+            f"{args.output_dir}."
         )
     if is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    return removed
 
 
 # -- model and data ---------------------------------------------------------------------------------------------------
@@ -298,14 +370,38 @@ class TaskData:
         return timesfm_frequency_index(get_window_source(self.train).freq)
 
 
-def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
-    """Reads the series once and cuts train/validation windows with `training_target_length` targets and test windows
-    with `prediction_length` targets from them."""
+def check_context_length(args: TaskArguments, model: nn.Module) -> None:
+    """Refuses a `--context_length` longer than the model takes (its adapter's `max_context`), before any work: the
+    model would only ever read the last steps of each window."""
     from .adapters import get_adapter
 
+    limit = get_adapter(model).max_context(model)
+    if limit is not None and args.context_length > limit:
+        raise ValueError(
+            f"--context_length {args.context_length} is longer than {type(model).__name__} takes ({limit} steps, the "
+            f"context length of {args.model_name_or_path}): pass --context_length {limit} or less."
+        )
+
+
+def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
+    """Reads the series once and cuts train/validation windows with `training_target_length` targets and test windows
+    with `prediction_length` targets from them.
+
+    Raises:
+        `ValueError`: `--context_length` is longer than the model takes, or a split has no window (its part of the
+            series is too short for `--context_length` and `--prediction_length`), or bad data (see
+            `hf_tsprune.data`).
+    """
+    from .adapters import get_adapter
+
+    check_context_length(args, model)
     target_length = training_target_length(model, args.prediction_length)
     collection = load_time_series(args.dataset, data_dir=args.data_dir, target=args.target)
-    windows = dict(context_length=args.context_length, keep_channel_axis=not get_adapter(model).univariate)
+    windows = dict(
+        context_length=args.context_length,
+        keep_channel_axis=not get_adapter(model).univariate,
+        missing_values=args.missing_values,
+    )
     training = build_window_datasets(
         collection, prediction_length=target_length, stride=args.train_stride,
         eval_stride=args.validation_stride, splits=("train", "validation"), **windows,
@@ -313,10 +409,20 @@ def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
     test = build_window_datasets(
         collection, prediction_length=args.prediction_length, eval_stride=1, splits=("test",), **windows
     )
+    splits = {"train": training["train"], "validation": training["validation"], "test": test["test"]}
+    for split, dataset in splits.items():
+        if len(dataset) == 0:
+            steps = args.prediction_length if split == "test" else target_length
+            raise ValueError(
+                f"The {split} split of {collection.source or collection.name} has no window of --context_length "
+                f"{args.context_length} + {steps} target steps: train windows need that many training rows, "
+                f"validation and test windows {steps} rows of their part after {args.context_length} rows of "
+                "context. Lower --context_length or --prediction_length, or use a longer series."
+            )
     return TaskData(
-        train=training["train"],
-        validation=training["validation"],
-        test=test["test"],
+        train=splits["train"],
+        validation=splits["validation"],
+        test=splits["test"],
         prediction_length=args.prediction_length,
         training_target_length=target_length,
     )
@@ -515,7 +621,8 @@ def finetune_stage(
 
 
 def save_outputs(args: TaskArguments, model: nn.Module, plan: PruningPlan | None, result: RunResult) -> str:
-    """Saves the (pruned) checkpoint with its model card under `output_dir/model`; pushes it when asked."""
+    """Saves the (pruned) checkpoint with its model card under `output_dir/model` (the push is [`push_outputs`],
+    after `results.json` is written)."""
     from .modeling import save_pruned
 
     folder = os.path.join(args.output_dir, "model")
@@ -534,11 +641,42 @@ def save_outputs(args: TaskArguments, model: nn.Module, plan: PruningPlan | None
         write_model_card = None
     if write_model_card is not None:
         write_model_card(folder, result)
-    if args.push_to_hub:
-        from .hub import push_folder_to_hub
-
-        push_folder_to_hub(folder, args.hub_model_id, private=args.hub_private_repo)
     return folder
+
+
+def check_push_to_hub(args: TaskArguments) -> None:
+    """With `--push_to_hub`, checks before any work what the push at the end needs: online mode, a valid
+    `--hub_model_id`, a token (environment or `hf auth login`), and that the Hub answers and accepts it
+    ([`hf_tsprune.hub.check_push_access`])."""
+    if not args.push_to_hub:
+        return
+    from .hub import check_push_access
+
+    check_push_access(args.hub_model_id, argument="--hub_model_id")
+
+
+def push_outputs(args: TaskArguments, folder: str) -> Any:
+    """With `--push_to_hub`, uploads the saved `folder` in one commit; called once the run's outputs (the folder and
+    `results.json`) are complete, so a failed push loses nothing.
+
+    Raises:
+        [`hf_tsprune.hub.HubPushError`]: the upload failed; the message names the saved folder and the
+            `push_folder_to_hub` call that retries it.
+    """
+    if not args.push_to_hub:
+        return None
+    from .hub import HubPushError, push_folder_to_hub
+
+    try:
+        return push_folder_to_hub(folder, args.hub_model_id, private=args.hub_private_repo)
+    except Exception as err:
+        results = os.path.join(args.output_dir, "results.json")
+        raise HubPushError(
+            f"The push of {folder} to {args.hub_model_id!r} failed ({type(err).__name__}: {err}). The run's outputs "
+            f"are complete ({folder}, {results}); retry the upload alone once the problem is fixed: python -c "
+            f'"from hf_tsprune.hub import push_folder_to_hub; push_folder_to_hub({folder!r}, '
+            f'{args.hub_model_id!r}, private={args.hub_private_repo})"'
+        ) from err
 
 
 def print_summary(result: RunResult) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from hf_tsprune.pipeline import (
     StageTimer,
     TaskArguments,
+    check_output_dir,
+    check_push_to_hub,
     count_parameters,
     example_inputs,
     finetune_stage,
@@ -27,6 +29,7 @@ from hf_tsprune.pipeline import (
     prepare_output_dir,
     print_summary,
     process_state,
+    push_outputs,
     save_outputs,
     seed_everything,
     test_metrics,
@@ -46,19 +49,36 @@ class FinetuneArguments(TaskArguments):
 
 
 def parse_learning_rates(args: FinetuneArguments) -> list[float]:
+    """The learning rates of `--grid "learning_rate=v1,v2"` (`[--learning_rate]` without a grid).
+
+    Raises:
+        `ValueError`: a grid over something else, or a value that is not a positive number (naming `--grid`).
+    """
     if not args.grid:
         return [args.learning_rate]
     key, _, values = args.grid.partition("=")
     if key != "learning_rate" or not values:
         raise ValueError(f"Bad --grid {args.grid!r}: finetune.py searches only learning_rate=v1,v2,...")
-    return [float(v) for v in values.split(",")]
+    rates = []
+    for value in values.split(","):
+        try:
+            rates.append(float(value))
+        except ValueError:
+            raise ValueError(
+                f"Bad --grid {args.grid!r}: {value!r} is not a number. Use learning_rate=v1,v2 with numbers, e.g. "
+                '--grid "learning_rate=1e-4,5e-4".'
+            ) from None
+        if not rates[-1] > 0:
+            raise ValueError(f"Bad --grid {args.grid!r}: learning rates must be positive, got {value!r}.")
+    return rates
 
 
 def main(argv: list[str] | None = None) -> RunResult:
     args = parse_arguments(FinetuneArguments, argv)
     state = process_state(args.use_cpu)
     learning_rates = parse_learning_rates(args)
-    prepare_output_dir(args, state.is_main_process)
+    check_output_dir(args)
+    check_push_to_hub(args)
     seed_everything(args.seed)
     timer = StageTimer()
     with timer("load"):
@@ -68,6 +88,8 @@ def main(argv: list[str] | None = None) -> RunResult:
     batch = args.per_device_eval_batch_size
     with timer("zero_shot_test"):
         zero_shot = test_metrics(model, data, batch, "zero-shot test")
+    prepare_output_dir(args, state.is_main_process)  # right before the first write: every check has passed
+    state.wait_for_everyone()
     runs = []
     with timer("finetune"):
         for index, learning_rate in enumerate(learning_rates):
@@ -104,6 +126,7 @@ def main(argv: list[str] | None = None) -> RunResult:
         result.saved_to = save_outputs(args, tuned, None, result)
         result.save(os.path.join(args.output_dir, "results.json"))
         print_summary(result)
+        push_outputs(args, result.saved_to)  # the local outputs are complete: a failed push loses nothing
     state.wait_for_everyone()
     return result
 

@@ -32,8 +32,20 @@ Multi-process (CPU DDP over gloo; on GPUs drop `--use_cpu true`):
 
 `--cpu --num_processes 2` silently starts a single process: use `--multi_gpu` with `--use_cpu true` as above.
 FSDP: shrink changes parameter shapes, so prune and shrink first (DDP or one process), then launch the finetune on the
-saved pruned checkpoint (`recipes/finetune.py --model_name_or_path <output_dir>/pruned_model`) with an FSDP
+saved pruned checkpoint (`recipes/finetune.py --model_name_or_path <output_dir>/model`) with an FSDP
 `accelerate` config; never wrap a model in FSDP before shrinking it.
+
+What a run writes (only the main process writes):
+
+- `<output_dir>/results.json`: the test figures per stage, parameters, FLOPs, the selected mask set, timings, settings;
+- `<output_dir>/model`: the pruned and finetuned checkpoint with its model card (`README.md`, `kept_units.png`);
+- `<output_dir>/prune_run/checkpoint-N`: the prune run's resumable checkpoints (`--resume_from_checkpoint`), saved at
+  every evaluation, i.e. every `--eval_steps` steps (there is no `--save_steps`); the finetune keeps its best weights in
+  memory and saves no checkpoint. With `--grid`, each grid point runs in `<output_dir>/grid-<i>`.
+
+An `output_dir` holding another run is refused; `--overwrite_output_dir` deletes that run's `results.json`, `model`,
+`prune_run`, `finetune_run` and `grid-<i>` first (other files stay). `--push_to_hub` is checked before any work
+(online, a token, a valid `--hub_model_id`) and uploads `<output_dir>/model` once `results.json` is written.
 """
 
 from __future__ import annotations
@@ -52,6 +64,8 @@ from hf_tsprune.pipeline import (
     PruneResult,
     StageTimer,
     TaskData,
+    check_output_dir,
+    check_push_to_hub,
     count_parameters,
     example_inputs,
     finetune_stage,
@@ -62,6 +76,7 @@ from hf_tsprune.pipeline import (
     print_summary,
     process_state,
     prune_stage,
+    push_outputs,
     save_outputs,
     seed_everything,
     test_metrics,
@@ -69,13 +84,36 @@ from hf_tsprune.pipeline import (
 from hf_tsprune.results import FinetunedResult, RunResult, StageResult
 from hf_tsprune.surgery import count_flops
 
-__all__ = ["GRID_KEYS", "GridPointRun", "PruneFinetuneArguments", "main", "parse_grid", "prune_and_finetune"]
+__all__ = [
+    "GRID_KEYS",
+    "GridPointRun",
+    "PruneFinetuneArguments",
+    "grid_point_arguments",
+    "main",
+    "parse_grid",
+    "prune_and_finetune",
+]
 
 GRID_KEYS = ("ratio_per_epoch", "ema", "learning_rate", "max_sparsity", "prune_epochs")
 
 
+def _number(text: str, item: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"Bad --grid entry {item!r}: {text!r} is not a number. Use KEY=v1,v2 with numbers, e.g. "
+            '--grid "ratio_per_epoch=0.2,0.4 learning_rate=1e-4,5e-4".'
+        ) from None
+
+
 def parse_grid(grid: str | None) -> list[dict]:
-    """`"a=1,2 b=3"` -> `[{"a": 1.0, "b": 3.0}, {"a": 2.0, "b": 3.0}]`."""
+    """`"a=1,2 b=3"` -> `[{"a": 1.0, "b": 3.0}, {"a": 2.0, "b": 3.0}]`.
+
+    Raises:
+        `ValueError`: an entry that is not `KEY=v1,v2` with a key of [`GRID_KEYS`] and numbers (the message names
+            `--grid` and the entry).
+    """
     if not grid:
         return [{}]
     axes = {}
@@ -83,8 +121,16 @@ def parse_grid(grid: str | None) -> list[dict]:
         key, _, values = item.partition("=")
         if key not in GRID_KEYS or not values:
             raise ValueError(f"Bad --grid entry {item!r}: use KEY=v1,v2 with KEY in {GRID_KEYS}.")
-        axes[key] = [float(v) for v in values.split(",")]
+        axes[key] = [_number(value, item) for value in values.split(",")]
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def grid_point_arguments(args: PruneFinetuneArguments, point: dict[str, float]) -> PruneFinetuneArguments:
+    """`args` at a grid `point`; a setting the point makes invalid raises a `ValueError` naming `--grid`."""
+    try:
+        return dataclasses.replace(args, **point)
+    except ValueError as err:
+        raise ValueError(f"--grid point {point}: {err}") from None
 
 
 @dataclass
@@ -117,7 +163,7 @@ def prune_and_finetune(
     args: PruneFinetuneArguments, point: dict[str, float], base_model: nn.Module, data: TaskData, folder: str
 ) -> GridPointRun:
     """One grid point: prune run + shrink + finetune on a copy of the base model, with `args` at the grid `point`."""
-    args = dataclasses.replace(args, **point)
+    args = grid_point_arguments(args, point)
     model = copy.deepcopy(base_model)
     timer = StageTimer()
     with timer("prune"):
@@ -133,8 +179,9 @@ def main(argv: list[str] | None = None) -> RunResult:
     state = process_state(args.use_cpu)
     grid = parse_grid(args.grid)
     for point in grid:  # every setting is checked before any work starts
-        dataclasses.replace(args, **point)
-    prepare_output_dir(args, state.is_main_process)
+        grid_point_arguments(args, point)
+    check_output_dir(args)
+    check_push_to_hub(args)
     seed_everything(args.seed)
     timer = StageTimer()
     with timer("load"):
@@ -147,6 +194,8 @@ def main(argv: list[str] | None = None) -> RunResult:
     with timer("zero_shot_test"):
         zero_shot = test_metrics(model, data, batch, "zero-shot test")
 
+    prepare_output_dir(args, state.is_main_process)  # right before the first write: every check has passed
+    state.wait_for_everyone()
     runs = []
     for index, point in enumerate(grid):
         folder = args.output_dir if len(grid) == 1 else os.path.join(args.output_dir, f"grid-{index}")
@@ -193,6 +242,7 @@ def main(argv: list[str] | None = None) -> RunResult:
             result.saved_to = save_outputs(args, final, plan, result)
         result.save(os.path.join(args.output_dir, "results.json"))
         print_summary(result)
+        push_outputs(args, result.saved_to)  # the local outputs are complete: a failed push loses nothing
     state.wait_for_everyone()
     return result
 
