@@ -22,7 +22,8 @@ at random — and shrinks a copy of the model. It then measures:
   over N windows through gradient accumulation (the paper's macro batch is 8192) for `--macro_models`.
 
 Chronos, Chronos-Bolt and TTM use the released layouts written out in `tests/families.py` (chronos-t5-small,
-chronos-bolt-small, TTM r2 512-96), Chronos-2 the 120 M widths of `tests/test_chronos2.py` (context 512). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
+chronos-bolt-small, TTM r2 512-96), Chronos-2 the 120 M widths of `tests/test_chronos2.py` (context 512), Moirai 1.0-R small/base/large, Moirai-MoE 1.0-R
+small/base and Moirai 2.0-R small the layouts of `tests/test_moirai*.py` (context 512, horizon 96; Moirai-2: 64). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
 (the logits it samples from), not autoregressive sampling; its training step is the token cross-entropy, Chronos-Bolt's
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
@@ -72,6 +73,9 @@ def released_layout(name: str, filename: str = "families.py", build_released: Ca
     return build_model
 
 
+MOIRAI_FORECAST = {"prediction_length": 96, "context_length": 512, "patch_size": 32}
+"""The forecast the Moirai rows time (Moirai-MoE: patches of 16, its only size; Moirai-2: 64 steps in one pass)."""
+
 BUILDERS = {
     "timesfm": ("TimesFmConfig", "TimesFmModelForPrediction"),
     "timesfm2_5": ("TimesFm2_5Config", "TimesFm2_5ModelForPrediction"),
@@ -81,10 +85,30 @@ BUILDERS = {
     "chronos_bolt": released_layout("chronos_bolt"),
     "ttm": released_layout("ttm"),
     "chronos2": released_layout("chronos2", "test_chronos2.py", lambda module: module.build(module.RELEASED)),
+    **{
+        f"moirai_{size}": released_layout(
+            "moirai", "test_moirai.py", lambda m, size=size: m.build(m.MOIRAI_1_0_R[size], forecast=MOIRAI_FORECAST)
+        )
+        for size in ("small", "base", "large")
+    },
+    **{
+        f"moirai_moe_{size}": released_layout(
+            "moirai_moe",
+            "test_moirai_moe.py",
+            lambda m, size=size: m.build(m.MOIRAI_MOE_1_0_R[size], forecast={**MOIRAI_FORECAST, "patch_size": 16}),
+        )  # fmt: skip
+        for size in ("small", "base")
+    },
+    "moirai2_small": released_layout(
+        "moirai2",
+        "test_moirai2.py",
+        lambda m: m.build(m.MOIRAI_2_0_R_SMALL, forecast={"prediction_length": 64, "context_length": 512}),
+    ),  # fmt: skip
 }
 """Name -> transformers (config class, model class) names built with their defaults, or a builder function."""
 
 PACKAGES = {"chronos": "chronos", "chronos_bolt": "chronos", "chronos2": "chronos", "ttm": "tsfm_public"}
+PACKAGES.update({name: "uni2ts" for name in BUILDERS if name.startswith("moirai")})
 """Optional packages a family needs (its model class, or Chronos' tokenizer for the training step)."""
 
 
@@ -124,8 +148,8 @@ def half_masks(model: torch.nn.Module, seed: int = 0, whole_heads: bool = True) 
 
 def loss_inputs(model: torch.nn.Module, batch_size: int) -> dict:
     """Forward arguments for one training step with the family's own loss."""
-    if family_of(model) in ("chronos", "chronos_bolt", "chronos2", "ttm"):  # tokenised / masked targets: the
-        # collator's inputs
+    if family_of(model) not in ("timesfm", "timesfm2_5", "patchtst", "patchtsmixer"):  # the collator's inputs
+        # (tokenised or masked targets)
         adapter = get_adapter(model)
         context, horizon = adapter.max_context(model), adapter.native_horizon(model)
         channels = adapter.num_input_channels(model) or 1
@@ -249,7 +273,7 @@ def step_worker(
 
         def step():
             for _ in range(accumulate):
-                model(**inputs).loss.backward()
+                model(**inputs)["loss"].backward()  # (a ModelOutput, or the dict of a wrapper such as Moirai's)
             scorer.update([g.mask.grad for g in groups], [g.mask for g in groups])
             for g in groups:
                 g.mask.grad = None
@@ -258,7 +282,7 @@ def step_worker(
 
         def step():
             for _ in range(accumulate):
-                model(**inputs).loss.backward()
+                model(**inputs)["loss"].backward()  # (a ModelOutput, or the dict of a wrapper such as Moirai's)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
