@@ -40,8 +40,9 @@ What a run writes (only the main process writes):
 - `<output_dir>/results.json`: the test figures per stage, parameters, FLOPs, the selected mask set, timings, settings;
 - `<output_dir>/model`: the pruned and finetuned checkpoint with its model card (`README.md`, `kept_units.png`);
 - `<output_dir>/prune_run/checkpoint-N`: the prune run's resumable checkpoints (`--resume_from_checkpoint`), saved at
-  every evaluation, i.e. every `--eval_steps` steps (there is no `--save_steps`); the finetune keeps its best weights in
-  memory and saves no checkpoint. With `--grid`, each grid point runs in `<output_dir>/grid-<i>`.
+  every evaluation, i.e. every `--eval_steps` steps, and at its last step (there is no `--save_steps`); the finetune
+  keeps its best weights in memory and saves no checkpoint. With `--grid`, each grid point runs in
+  `<output_dir>/grid-<i>`.
 
 An `output_dir` holding another run is refused; `--overwrite_output_dir` deletes that run's `results.json`, `model`,
 `prune_run`, `finetune_run` and `grid-<i>` first (other files stay). `--push_to_hub` is checked before any work
