@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .family import get_spec
-from .specs import ArchitectureSpec, AttentionGroup, ExpertGroup, Group, MLPGroup
+from .specs import ArchitectureSpec, ExpertGroup, Group, MLPGroup
 
 MASK_NAME = "hf_tsprune_mask"
 _STATE_ATTR = "_hf_tsprune_masked_groups"
@@ -275,13 +275,6 @@ def remove_masks(model: nn.Module) -> dict[str, torch.Tensor]:
         hook.remove()
     object.__setattr__(model, _STATE_ATTR, None)
     return masks
-
-
-def attention_head_alive(masked: MaskedGroup, mask: torch.Tensor) -> torch.Tensor:
-    """Which key/value heads keep at least one value channel (all True for MLP groups)."""
-    if isinstance(masked.group, AttentionGroup):
-        return mask.view(masked.num_kv_heads, masked.head_dim).any(dim=1)
-    return torch.ones(1, dtype=torch.bool)
 
 
 # -- experts ---------------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ longer than `prediction_length` only for TimesFM 1.x). The run's outcome is a [`
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import re
@@ -67,20 +66,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not n.endswith("hf_tsprune_mask"))
 
 
-def fresh_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of an (unpruned) model for one grid point."""
-    return copy.deepcopy(model)
-
-
 def seed_everything(seed: int) -> None:
     from transformers import set_seed
 
     set_seed(seed)
     torch.use_deterministic_algorithms(False)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def process_state(use_cpu: bool = False):
