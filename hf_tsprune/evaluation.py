@@ -3,7 +3,7 @@
 - [`NaiveForecaster`]: the `repeat_last`, `seasonal_naive` and `seasonal_average` baselines, vectorised over numpy
   arrays.
 - [`load_forecaster`]: a Hub id or local folder of a supported model (TimesFM, TimesFM 2.5, PatchTST, PatchTSMixer,
-  Chronos, Chronos-Bolt, TTM; dense or pruned by hf_tsprune), or a baseline name.
+  Chronos, Chronos-Bolt, Chronos-2, TTM, Moirai 1.x / MoE / 2; dense or pruned by hf_tsprune), or a baseline name.
 - [`forecast`]: forecast any horizon from any context length with a model, rolling out autoregressively when the
   model's native horizon is shorter than asked.
 - [`evaluate_forecaster`]: batches over a split made by [`hf_tsprune.data.load_forecasting_dataset`] with a progress
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from transformers.utils import logging
 
 from .adapters import ForecastAdapter, ModelForecast, get_adapter
 from .data import WindowBatches, get_window_source, seasonal_period, timesfm_frequency_index
-from .family import families, family_of, get_family
+from .family import checkpoint_family, families, family_of, get_family
 from .metrics import ForecastMetrics
 
 logger = logging.get_logger(__name__)
@@ -157,6 +157,8 @@ def load_forecaster(
     model_name_or_path: str | os.PathLike,
     season_length: int | None = None,
     strict: bool = True,
+    *,
+    task_settings: Mapping[str, Any] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> NaiveForecaster | torch.nn.Module:
     """Load a baseline by name or a supported model from the Hub or a local folder.
@@ -168,6 +170,10 @@ def load_forecaster(
         strict (`bool`, *optional*, defaults to `True`): Raise when the checkpoint's tensors do not match the model
             (missing, unexpected or mismatched: a `CheckpointMismatchError` naming them) or hold NaN/inf weights,
             instead of loading freshly initialised weights.
+        task_settings (`Mapping[str, Any]`, *optional*): The task's settings (`prediction_length`, `context_length`,
+            `patch_size`), for a family whose model holds some of them (its `Family.task_settings`: Moirai, whose
+            checkpoints are `uni2ts` module folders, recognised by their `config.json`, dense or pruned by hf_tsprune);
+            transformers checkpoints ignore them.
         from_pretrained_kwargs: Passed to `from_pretrained` (e.g. `torch_dtype`, `revision`).
 
     Returns:
@@ -186,7 +192,11 @@ def load_forecaster(
     from transformers import AutoConfig
 
     hub_kwargs = {k: v for k, v in from_pretrained_kwargs.items() if k in ("revision", "token")}
-    model_type = _config_dict(name, hub_kwargs).get("model_type")
+    settings = _config_dict(name, hub_kwargs)
+    own_format = checkpoint_family(settings)
+    if own_format is not None:  # not a transformers checkpoint (Moirai): the family's own loaders
+        return _load_own_format(own_format, name, settings, dict(task_settings or {}), hub_kwargs, strict)
+    model_type = settings.get("model_type")
     if family_of(model_type or "") is not None:
         get_family(model_type)  # its optional package missing: an ImportError that says how to install it
     config = AutoConfig.from_pretrained(name, **hub_kwargs)
@@ -201,6 +211,28 @@ def load_forecaster(
     model, info = model_class.from_pretrained(name, **kwargs)
     if strict:
         check_loading_info(info, name, model_class.__name__, strict_hint="strict=False")
+        check_finite_weights(model, name)
+    return model.eval()
+
+
+def _load_own_format(
+    family: Any, name: str, settings: dict, task_settings: dict, hub_kwargs: dict, strict: bool
+) -> torch.nn.Module:
+    """A checkpoint in a family's own format ([`hf_tsprune.family.checkpoint_family`]): a pruned one through the
+    family's `load_pruned` (strict itself; a Hub id is downloaded first), a dense one through its `load_dense`, each
+    with the task settings the family takes."""
+    family.require()
+    given = {key: task_settings.get(key) for key in family.task_settings}
+    if settings.get("base_model_type") == family.name:
+        folder = os.path.expanduser(name)
+        if not os.path.isdir(folder):
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(name, **hub_kwargs)
+        model = family.load_pruned(folder, **given)
+    else:
+        model = family.load_dense(name, settings, strict=strict, **given, **hub_kwargs)
+    if strict:
         check_finite_weights(model, name)
     return model.eval()
 

@@ -30,6 +30,7 @@ from .specs import ArchitectureSpec
 
 __all__ = [
     "Family",
+    "checkpoint_family",
     "families",
     "family_of",
     "get_family",
@@ -94,7 +95,20 @@ class Family:
             classes of `hf_tsprune.modeling`.
         load_pruned (`Callable[[str], nn.Module]`, *optional*):
             With `save_pruned`: loads such a checkpoint (folder) into a model with its pruned layout, failing on any
-            missing, unexpected or mismatched tensor; [`hf_tsprune.modeling.load_pruned`] calls it.
+            missing, unexpected or mismatched tensor; [`hf_tsprune.modeling.load_pruned`] calls it. A family with
+            `task_settings` also takes them as keyword arguments (`None`: the checkpoint's own).
+        task_settings (`tuple[str, ...]`):
+            The task settings (`hf_tsprune.pipeline.TaskArguments` field names) that its `load_dense` needs and its
+            `load_pruned` takes, because they are part of the model (Moirai: `("prediction_length",
+            "context_length", "patch_size")`); `hf_tsprune.evaluation.load_forecaster` passes them on.
+        matches_checkpoint (`Callable[[dict], bool]`, *optional*):
+            For a family whose dense checkpoints are not transformers ones (no `model_type` in their `config.json`):
+            whether a `config.json` (as a dict) is one of them, so that `load_forecaster` recognises its folders and
+            Hub ids. Needs `load_dense`.
+        load_dense (`Callable[..., nn.Module]`, *optional*):
+            With `matches_checkpoint`: `load_dense(name_or_path, *, strict, revision, token, **task_settings)` loads
+            such a dense checkpoint (folder or Hub id) into the family's model class, raising a `ValueError` naming
+            the flag of a missing or invalid task setting before any weight is read.
     """
 
     name: str
@@ -116,6 +130,9 @@ class Family:
     description: str = ""
     save_pruned: Callable[..., list[str]] | None = None
     load_pruned: Callable[[str], nn.Module] | None = None
+    task_settings: tuple[str, ...] = ()
+    matches_checkpoint: Callable[[dict], bool] | None = None
+    load_dense: Callable[..., nn.Module] | None = None
     _pruned: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -213,6 +230,8 @@ def register_family(family: Family) -> Family:
         raise ValueError(f"Family {name!r} holds the spec of {family.spec.name!r}: give both the same name.")
     if not family.spec.groups:
         raise ValueError(f"Family {name!r}: its spec names no prunable group.")
+    if (family.matches_checkpoint is None) != (family.load_dense is None):
+        raise ValueError(f"Family {name!r}: give `matches_checkpoint` and `load_dense` together, or neither.")
     for other in _FAMILIES.values():
         shared = set(other.model_classes) & set(family.model_classes)
         if shared:
@@ -226,6 +245,20 @@ def register_family(family: Family) -> Family:
     family.adapter.bind(family)
     _FAMILIES[name] = family
     return family
+
+
+def checkpoint_family(settings: dict) -> Family | None:
+    """The family whose own (non-transformers) checkpoint format a `config.json` dict is in: a pruned one (its
+    `base_model_type` names a family with its own `save_pruned`) or a dense one its `matches_checkpoint` recognises;
+    `None` for anything else (transformers checkpoints included)."""
+    family = _FAMILIES.get(settings.get("base_model_type"))
+    if family is not None and not family.has_pruned_classes:
+        return family
+    if settings.get("model_type") is not None:
+        return None
+    return next(
+        (f for f in _FAMILIES.values() if f.matches_checkpoint is not None and f.matches_checkpoint(settings)), None
+    )
 
 
 def families() -> dict[str, Family]:

@@ -126,6 +126,13 @@ class TaskArguments:
     context_length: int = field(
         default=512, metadata={"help": "Context length of every window (at most what the model takes)."}
     )
+    patch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Moirai only (1.x, MoE, 2; other families ignore it): the patch size the model reads the series "
+            "with, one of its module's patch sizes; required where it has several (Moirai 1.x: 8, 16, 32, 64, 128)."
+        },
+    )
     preset: str = field(default="quick", metadata={"help": f"Data/epoch preset: {sorted(PRESETS)}."})
     train_stride: int | None = field(default=None, metadata={"help": "Step between training windows (preset)."})
     validation_stride: int | None = field(default=None, metadata={"help": "Step between validation windows (preset)."})
@@ -172,6 +179,8 @@ class TaskArguments:
                 setattr(self, key, value)
         if self.prediction_length < 1 or self.context_length < 1:
             raise ValueError("--prediction_length and --context_length must be positive integers.")
+        if self.patch_size is not None and self.patch_size < 1:
+            raise ValueError(f"--patch_size must be a positive integer (Moirai only), got {self.patch_size}.")
         if self.missing_values not in ("mask", "ffill", "raise"):
             raise ValueError(f"--missing_values must be mask, ffill or raise, got {self.missing_values!r}.")
         if self.push_to_hub and not self.hub_model_id:
@@ -195,10 +204,29 @@ class PruneFinetuneArguments(TaskArguments):
             "help": 'Grid chosen on validation loss, e.g. "ratio_per_epoch=0.2,0.4 ema=0.3,0.7 learning_rate=1e-4,5e-4".'
         },
     )
+    expert_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Mixture-of-experts models only (Moirai-MoE): before the prune run, remove each layer's experts "
+            "scored at or below this (--expert_score usage: the layer's share of routed tokens relative to top-k, "
+            "summing to 1 over the layer; 0 removes only the experts no token reached); a negative value keeps only "
+            "the top-k per layer. Default: no expert removal."
+        },
+    )
+    expert_score: str = field(
+        default="usage",
+        metadata={
+            "help": "Score of --expert_threshold: usage (tokens routed to each expert over the train and validation "
+            "windows, no gradients) or taylor (first-order effect of removing the expert, EMA (--ema) over one pass "
+            "of the train windows)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
         self.pruning_config()  # a bad prune setting fails here, before any work
+        if self.expert_score not in ("usage", "taylor"):
+            raise ValueError(f"--expert_score must be usage or taylor, got {self.expert_score!r}.")
 
     def pruning_config(self) -> PruningConfig:
         """The [`PruningConfig`] of these settings (the callback's part of them)."""
@@ -321,17 +349,36 @@ def prepare_output_dir(args: TaskArguments, is_main_process: bool = True) -> lis
 # -- model and data ---------------------------------------------------------------------------------------------------
 
 
-def load_model(model_name_or_path: str) -> nn.Module:
-    """Loads a supported model (Hub id or folder; pruned hf_tsprune checkpoints included), in eval mode."""
+def task_settings(args: TaskArguments) -> dict[str, Any]:
+    """The task settings a family's model may hold (`Family.task_settings`; Moirai: all three)."""
+    return dict(
+        prediction_length=args.prediction_length, context_length=args.context_length, patch_size=args.patch_size
+    )
+
+
+def load_model(model_name_or_path: str, args: TaskArguments | None = None) -> nn.Module:
+    """Loads a supported model (Hub id or folder; pruned hf_tsprune checkpoints included), in eval mode.
+
+    Args:
+        model_name_or_path (`str`): Hub id or folder.
+        args ([`TaskArguments`], *optional*): The run's settings: a family whose model holds task settings (Moirai:
+            `prediction_length`, `context_length`, `patch_size`) is loaded with them ([`task_settings`]).
+    """
     if model_name_or_path == REFERENCE_MODEL_DIR and not os.path.isfile(
         os.path.join(REFERENCE_MODEL_DIR, "config.json")
     ):
         raise ValueError(f"The bundled reference model is missing from {REFERENCE_MODEL_DIR}; reinstall hf_tsprune.")
     from .evaluation import load_forecaster
+    from .family import families, family_of
 
-    model = load_forecaster(model_name_or_path)
+    settings = task_settings(args) if args is not None else None
+    model = load_forecaster(model_name_or_path, task_settings=settings)
     if not isinstance(model, nn.Module):
         raise ValueError(f"{model_name_or_path!r} is a naive baseline: prune and finetune need a model.")
+    family = families().get(family_of(model) or "")
+    if args is not None and args.patch_size is not None and family is not None:
+        if "patch_size" not in family.task_settings:
+            logger.warning(f"--patch_size {args.patch_size} is ignored: only Moirai uses it, not {family.name}.")
     return model
 
 
@@ -416,6 +463,20 @@ def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
         prediction_length=args.prediction_length,
         training_target_length=target_length,
     )
+
+
+def check_expert_removal(args: PruneFinetuneArguments, model: nn.Module) -> None:
+    """Refuses `--expert_threshold` for a model without mixture-of-experts blocks (its spec's `ExpertGroup`s), before
+    any work."""
+    from .family import family_of
+    from .masks import describe_expert_blocks
+
+    if getattr(args, "expert_threshold", None) is not None and not describe_expert_blocks(model):
+        raise ValueError(
+            f"--expert_threshold {args.expert_threshold}: {type(model).__name__} ({family_of(model)}) has no "
+            "mixture-of-experts block, so there is no expert to remove (expert removal applies to Moirai-MoE). Drop "
+            "--expert_threshold."
+        )
 
 
 def example_inputs(model: nn.Module) -> dict:
@@ -536,6 +597,116 @@ def prune_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments, 
     return PruneResult(plan, callback.best_step, callback.best_metric, callback.best_sparsity, callback.history)
 
 
+@dataclass
+class ExpertRemovalResult:
+    """What expert removal (`--expert_threshold`) kept.
+
+    Args:
+        score (`str`): `"usage"` or `"taylor"`.
+        threshold (`float`): The threshold (negative: the top-k per layer).
+        plan (`PruningPlan`): The removal's plan (one `"experts"` group per changed block).
+        usage (`dict[str, list[float]]`): Per block, each expert's usage over the train and validation windows,
+            relative to top-k (`hf_tsprune.scoring.expert_usage`).
+        tokens (`dict[str, list[int]]`): Per block, the tokens routed to each expert over those windows.
+        kept_experts (`dict[str, list[int]]`): Per block, the original indices of its kept experts.
+        taylor_scores (`dict[str, list[float | None]]`, *optional*): With `taylor`: the EMA Taylor scores (`None`:
+            an expert no token reached).
+    """
+
+    score: str
+    threshold: float
+    plan: PruningPlan
+    usage: dict[str, list[float]]
+    tokens: dict[str, list[int]]
+    kept_experts: dict[str, list[int]]
+    taylor_scores: dict[str, list[float | None]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `experts` entry of `results.json` and of the checkpoint's pruning record."""
+        before = sum(len(v) for v in self.usage.values())
+        after = sum(len(v) for v in self.kept_experts.values())
+        values = dict(
+            score=self.score, threshold=self.threshold, experts_before=before, experts_after=after,
+            removed=before - after, params_before=self.plan.params_before, params_after=self.plan.params_after,
+            max_rel_error=self.plan.max_rel_error, kept_experts=self.kept_experts, usage=self.usage,
+            tokens=self.tokens,
+        )  # fmt: skip
+        if self.taylor_scores is not None:
+            values["taylor_scores"] = self.taylor_scores
+        return values
+
+
+def _batches(model: nn.Module, datasets_: list[datasets.Dataset], batch_size: int, freq_index: int):
+    """The family's training inputs of `datasets_`' windows, in order, on the model's device."""
+    from torch.utils.data import DataLoader
+
+    collator = ForecastCollator(model, freq_index)
+    device = next(model.parameters()).device
+    for dataset in datasets_:
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
+            yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def expert_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments) -> ExpertRemovalResult:
+    """Expert removal before the prune run (`--expert_threshold`, `--expert_score`), in place: counts the tokens
+    routed to each expert over the train and validation windows (eval mode, no gradients); scores the experts by
+    that usage, or (`taylor`) by `hf_tsprune.scoring.ExpertTaylorScorer` over one pass of the train windows (weights
+    frozen, the gates' gradient of the family's own loss per batch, EMA `--ema`); removes each layer's experts at or
+    below the threshold (`hf_tsprune.scoring.experts_to_keep`: a negative one keeps the top-k, never fewer than top-k)
+    with `hf_tsprune.surgery.remove_experts`.
+
+    Args:
+        model (`nn.Module`): A model whose spec has `ExpertGroup`s (Moirai-MoE).
+        data ([`TaskData`]): Train and validation windows.
+        args ([`PruneFinetuneArguments`]): `expert_threshold`, `expert_score`, `ema`, the batch sizes.
+    """
+    from .masks import describe_expert_blocks, install_expert_gates, remove_expert_gates
+    from .scoring import ExpertTaylorScorer, count_expert_tokens, expert_usage, experts_to_keep
+    from .surgery import remove_experts
+
+    was_training = model.training
+    model.eval()
+    blocks = {b.name: b for b in describe_expert_blocks(model)}
+    batch_size = args.per_device_eval_batch_size
+    with torch.no_grad():
+        tokens = count_expert_tokens(
+            model, _batches(model, [data.train, data.validation], batch_size, data.freq_index)
+        )
+    usage = {name: expert_usage(count, blocks[name].top_k) for name, count in tokens.items()}
+    scores, taylor = usage, None
+    if args.expert_score == "taylor":
+        trainable = [(p, p.requires_grad) for p in model.parameters()]
+        for param, _ in trainable:
+            param.requires_grad_(False)
+        scorer = ExpertTaylorScorer(install_expert_gates(model), ema=args.ema)
+        try:
+            batches = _batches(model, [data.train], args.per_device_train_batch_size, data.freq_index)
+            for batch in batches:
+                outputs = model(**batch)
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs.loss
+                loss.backward()
+                scorer.step()
+        finally:
+            remove_expert_gates(model)
+            for param, flag in trainable:
+                param.requires_grad_(flag)
+        scores = taylor = scorer.scores
+    keep = {name: experts_to_keep(scores[name], args.expert_threshold, blocks[name].top_k) for name in blocks}
+    plan = remove_experts(model, keep)
+    model.train(was_training)
+
+    def plain(values: torch.Tensor) -> list:
+        return [None if v != v else float(v) for v in values.tolist()]  # NaN (never used) -> None
+
+    return ExpertRemovalResult(
+        score=args.expert_score, threshold=float(args.expert_threshold), plan=plan,
+        usage={name: plain(u) for name, u in usage.items()},
+        tokens={name: [int(t) for t in count.tolist()] for name, count in tokens.items()},
+        kept_experts={name: torch.nonzero(k).flatten().tolist() for name, k in keep.items()},
+        taylor_scores=None if taylor is None else {name: plain(t) for name, t in taylor.items()},
+    )  # fmt: skip
+
+
 def lora_target_modules(model: nn.Module) -> list[str]:
     """Full names of every non-empty `nn.Linear` of the model (LoRA targets after a shrink)."""
     return [
@@ -613,18 +784,29 @@ def finetune_stage(
 def save_outputs(args: TaskArguments, model: nn.Module, plan: PruningPlan | None, result: RunResult) -> str:
     """Saves the (pruned) checkpoint with its model card under `output_dir/model` (the push is [`push_outputs`],
     after `results.json` is written)."""
+    from .family import families, family_of
     from .modeling import save_pruned
 
     folder = os.path.join(args.output_dir, "model")
     if plan is not None:
         serialised = result.to_dict()
         stage_figures = {name: serialised[name] for name in ("zero_shot", "pruned", "finetuned") if name in serialised}
+        extra = {"results": stage_figures}
+        if result.experts is not None:
+            extra["experts"] = result.experts
         save_pruned(
             model, folder, base_model=args.model_name_or_path, pruning_config=result.settings, plan=plan,
-            seed=args.seed, extra={"results": stage_figures},
+            seed=args.seed, extra=extra,
         )  # fmt: skip
     else:
         model.save_pretrained(folder)
+    family = families().get(family_of(model) or "")
+    if family is not None and not family.has_pruned_classes:
+        logger.warning(
+            f"No model card written for {folder}: the card writer reads transformers configurations, and "
+            f"{family.name} checkpoints are in the family's own format (see README, Moirai)."
+        )
+        return folder
     try:
         from .hub import write_model_card
     except ImportError:

@@ -147,6 +147,8 @@ class RunResult:
         dataset_id (`str`, *optional*): Hub id of the dataset, for the model card's metadata.
         full_finetune ([`StageResult`], *optional*): A dense full finetune to compare with, for the model card.
         latency (`dict`, *optional*): `{row: {column: milliseconds}}` latency table for the model card.
+        experts (`dict`, *optional*): Expert removal (`--expert_threshold`; `pipeline.ExpertRemovalResult.to_dict`):
+            score, threshold, experts before/after, kept experts and usage per block.
     """
 
     model: str | None = None
@@ -173,6 +175,7 @@ class RunResult:
     dataset_id: str | None = None
     full_finetune: StageResult | None = None
     latency: dict[str, dict[str, float]] | None = None
+    experts: dict[str, Any] | None = None
 
     def stages(self) -> dict[str, StageResult]:
         """The stages present, by their `results.json` key: `zero_shot`, `pruned`, `finetuned`, `full_finetune`."""

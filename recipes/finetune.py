@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     seed_everything(args.seed)
     timer = StageTimer()
     with timer("load"):
-        model = load_model(args.model_name_or_path)
+        model = load_model(args.model_name_or_path, args)
         data = load_data(args, model)
     example = example_inputs(model)
     batch = args.per_device_eval_batch_size

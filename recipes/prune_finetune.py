@@ -18,6 +18,13 @@ Your own data (any CSV/parquet with a time column, or a Hub dataset id):
 
     python recipes/prune_finetune.py --dataset my_sensors.csv --target load --prediction_length 48
 
+Moirai (1.x, MoE, 2; a `uni2ts` module folder or Hub id; `--patch_size` where the module has several), and
+Moirai-MoE's expert removal before the prune run (`--expert_threshold 0`: the experts no token reached; negative: the
+top-k per layer; `--expert_score usage|taylor`):
+
+    python recipes/prune_finetune.py --model_name_or_path Salesforce/moirai-1.0-R-small --patch_size 32
+    python recipes/prune_finetune.py --model_name_or_path Salesforce/moirai-moe-1.0-R-small --expert_threshold 0
+
 The paper's selection: a grid over (ratio_per_epoch, ema, learning_rate), chosen on validation loss only:
 
     python recipes/prune_finetune.py --grid "ratio_per_epoch=0.2,0.4 ema=0.3,0.7 learning_rate=1e-4,5e-4"
@@ -60,15 +67,18 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from hf_tsprune.pipeline import (
+    ExpertRemovalResult,
     FinetuneResult,
     PruneFinetuneArguments,
     PruneResult,
     StageTimer,
     TaskData,
+    check_expert_removal,
     check_output_dir,
     check_push_to_hub,
     count_parameters,
     example_inputs,
+    expert_stage,
     finetune_stage,
     load_data,
     load_model,
@@ -144,7 +154,8 @@ class GridPointRun:
         shrunk (`nn.Module`): The pruned model before finetuning.
         pruned ([`PruneResult`]): What the prune run kept.
         finetuned ([`FinetuneResult`]): How the finetune went.
-        timer ([`StageTimer`]): Seconds of its prune and finetune stages.
+        timer ([`StageTimer`]): Seconds of its expert removal, prune and finetune stages.
+        experts ([`ExpertRemovalResult`], *optional*): What expert removal kept (`--expert_threshold`).
     """
 
     point: dict[str, float]
@@ -153,6 +164,7 @@ class GridPointRun:
     pruned: PruneResult
     finetuned: FinetuneResult
     timer: StageTimer
+    experts: ExpertRemovalResult | None = None
 
     @property
     def validation_loss(self) -> float:
@@ -163,16 +175,21 @@ class GridPointRun:
 def prune_and_finetune(
     args: PruneFinetuneArguments, point: dict[str, float], base_model: nn.Module, data: TaskData, folder: str
 ) -> GridPointRun:
-    """One grid point: prune run + shrink + finetune on a copy of the base model, with `args` at the grid `point`."""
+    """One grid point: (expert removal +) prune run + shrink + finetune on a copy of the base model, with `args` at the
+    grid `point`."""
     args = grid_point_arguments(args, point)
     model = copy.deepcopy(base_model)
     timer = StageTimer()
+    experts = None
+    if args.expert_threshold is not None:
+        with timer("experts"):
+            experts = expert_stage(model, data, args)
     with timer("prune"):
         pruned = prune_stage(model, data, args, os.path.join(folder, "prune_run"))
     shrunk = copy.deepcopy(model)  # the pruned model before finetuning, for its own test figures
     with timer("finetune"):
         model, finetuned = finetune_stage(model, data, args, os.path.join(folder, "finetune_run"))
-    return GridPointRun(point, model, shrunk, pruned, finetuned, timer)
+    return GridPointRun(point, model, shrunk, pruned, finetuned, timer, experts)
 
 
 def main(argv: list[str] | None = None) -> RunResult:
@@ -186,7 +203,8 @@ def main(argv: list[str] | None = None) -> RunResult:
     seed_everything(args.seed)
     timer = StageTimer()
     with timer("load"):
-        model = load_model(args.model_name_or_path)
+        model = load_model(args.model_name_or_path, args)
+        check_expert_removal(args, model)
         data = load_data(args, model)
     example = example_inputs(model)
     params_before, flops_before = count_parameters(model), count_flops(model, example)
@@ -237,6 +255,7 @@ def main(argv: list[str] | None = None) -> RunResult:
         settings=asdict(args),
         seed=args.seed,
         world_size=state.num_processes,
+        experts=best.experts.to_dict() if best.experts is not None else None,
     )
     if state.is_main_process:  # only rank 0 writes
         with timer("save"):

@@ -20,6 +20,10 @@ python recipes/zero_shot.py --model_name_or_path google/timesfm-2.0-500m-pytorch
     --data_dir ../shared/data --prediction_length 336 --context_length 512 --metrics mse,mae,mase,smape,wql \
     --splits validation,test --output_dir out/timesfm_ettm2_336
 
+# Moirai (a uni2ts module folder or Hub id, dense or pruned by hf_tsprune; --patch_size where it has several)
+python recipes/zero_shot.py --model_name_or_path Salesforce/moirai-1.0-R-small --patch_size 32 \
+    --prediction_length 96 --context_length 512 --output_dir out/moirai_small_etth1
+
 # any CSV/parquet file with a time column (70/10/20 split), forecasting one column
 python recipes/zero_shot.py --model_name_or_path repeat_last --dataset my_data.csv --target OT \
     --prediction_length 24 --context_length 96 --output_dir out/my_data
@@ -69,6 +73,13 @@ class ZeroShotArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
     prediction_length: int = field(default=96, metadata={"help": "Forecast horizon."})
     context_length: int = field(default=512, metadata={"help": "Context length of every window."})
+    patch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Moirai only (1.x, MoE, 2; other models ignore it): the patch size the model reads the series "
+            "with, one of its module's patch sizes; required where it has several (Moirai 1.x: 8, 16, 32, 64, 128)."
+        },
+    )
     output_dir: str = field(default="out/zero_shot", metadata={"help": "Where results.json is written."})
     target: str | None = field(
         default=None, metadata={"help": "Comma-separated columns to forecast (default: every numeric column)."}
@@ -103,9 +114,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_arguments(ZeroShotArguments, argv)
     set_seed(args.seed)
     dtype = getattr(torch, args.torch_dtype) if args.torch_dtype else None
-    forecaster = load_forecaster(
-        args.model_name_or_path, season_length=args.season_length, **({"dtype": dtype} if dtype else {})
+    task = dict(
+        prediction_length=args.prediction_length, context_length=args.context_length, patch_size=args.patch_size
     )
+    forecaster = load_forecaster(
+        args.model_name_or_path, season_length=args.season_length, task_settings=task,
+        **({"dtype": dtype} if dtype else {}),
+    )  # fmt: skip
     channel_independent = args.channel_independent
     if channel_independent is None:
         channels = (

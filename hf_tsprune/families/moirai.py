@@ -97,6 +97,10 @@ class MoiraiForPrediction(nn.Module):
 
     forecast_class = "uni2ts.model.moirai:MoiraiForecast"
     module_class = "uni2ts.model.moirai:MoiraiModule"
+    checkpoint_keys: tuple[str, ...] = ("d_model", "num_layers", "distr_output", "patch_sizes")
+    """Keys every dense checkpoint's `config.json` of this class' module has ([`matches_checkpoint`])."""
+    checkpoint_without: tuple[str, ...] = ("d_ff",)
+    """Keys it never has (Moirai-MoE's and Moirai-2's `d_ff`)."""
 
     def __init__(self, model: nn.Module, prediction_length: int, context_length: int, patch_size: int | None = None):
         super().__init__()
@@ -119,6 +123,88 @@ class MoiraiForPrediction(nn.Module):
         patch_size = kwargs.pop("patch_size", None)
         module = import_object(cls.module_class).from_pretrained(name_or_path, **kwargs)
         return cls(module, prediction_length, context_length, patch_size)
+
+    @classmethod
+    def matches_checkpoint(cls, config: dict) -> bool:
+        """Whether a `config.json` (dict, no transformers `model_type`) is a dense checkpoint of this class' module, as
+        its `save_pretrained` writes it (the module's constructor arguments)."""
+        return all(k in config for k in cls.checkpoint_keys) and not any(k in config for k in cls.checkpoint_without)
+
+    @staticmethod
+    def checkpoint_patch_sizes(config: dict) -> list[int]:
+        """The patch sizes a module's `config.json` allows (`patch_sizes`, or Moirai-2's single `patch_size`)."""
+        sizes = config.get("patch_sizes", config.get("patch_size"))
+        return [int(p) for p in (sizes if isinstance(sizes, (list, tuple)) else [sizes])]
+
+    @classmethod
+    def task_patch_size(cls, config: dict, patch_size: int | None, name: str) -> int:
+        """The `--patch_size` of a task for a module: required where the module has several, one of them.
+
+        Raises:
+            `ValueError` naming `--patch_size` and the module's patch sizes.
+        """
+        sizes = cls.checkpoint_patch_sizes(config)
+        if patch_size is None:
+            if len(sizes) == 1:
+                return sizes[0]
+            raise ValueError(
+                f"{name} is a Moirai model with the patch sizes {sizes}: pass --patch_size (`patch_size`), one of "
+                "them (a task setting only Moirai uses; choose it on validation)."
+            )
+        if int(patch_size) not in sizes:
+            raise ValueError(f"--patch_size {patch_size} is not a patch size of {name}: choose one of {sizes}.")
+        return int(patch_size)
+
+    @classmethod
+    def load_dense(
+        cls,
+        name_or_path: str,
+        config: dict,
+        *,
+        strict: bool = True,
+        prediction_length: int | None = None,
+        context_length: int | None = None,
+        patch_size: int | None = None,
+        **hub_kwargs,
+    ):
+        """Loads a dense `uni2ts` module checkpoint (folder or Hub id, as its `save_pretrained` writes it) with a task's
+        forecast settings, checked before any weight is read (the `Family.load_dense` of the Moirai families).
+
+        Args:
+            name_or_path (`str`): folder or Hub id.
+            config (`dict`): its `config.json`.
+            strict (`bool`, defaults to `True`): fail on a missing or unexpected tensor (the mixin's default is not).
+            prediction_length (`int`), context_length (`int`): the task's (`--prediction_length`, `--context_length`).
+            patch_size (`int`, *optional*): `--patch_size`; required where the module has several patch sizes.
+            hub_kwargs: `revision`, `token`.
+
+        Raises:
+            `ValueError`: a missing or invalid task setting (naming its flag).
+        """
+        missing = [f"--{k}" for k, v in (("prediction_length", prediction_length), ("context_length", context_length))
+                   if v is None]  # fmt: skip
+        if missing:
+            raise ValueError(f"{name_or_path} is a Moirai model: loading it needs the task's {' and '.join(missing)}.")
+        patch_size = cls.task_patch_size(config, patch_size, name_or_path)
+        return cls.from_pretrained(name_or_path, prediction_length, context_length, patch_size=patch_size,
+                                   strict=strict, **hub_kwargs)  # fmt: skip
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
+        """Saves the model: a dense one as the module's own `save_pretrained` folder (what `from_pretrained` and
+        `hf_tsprune.evaluation.load_forecaster` with the task's settings load), a pruned one (with a layout, e.g. a
+        pruned checkpoint finetuned further) as a pruned checkpoint with its recorded base model and pruning record
+        ([`save_pruned_moirai`]).
+
+        Returns:
+            The sorted names of the files in `save_directory`.
+        """
+        if getattr(self.config, LAYOUT_ATTR, None):
+            return save_pruned_moirai(
+                self, save_directory, base_model=getattr(self.config, "base_model", None),
+                extra=getattr(self.config, "pruning", None),
+            )  # fmt: skip
+        self.model.save_pretrained(save_directory)
+        return sorted(os.listdir(save_directory))
 
     def forecaster(self, num_channels: int):
         """`uni2ts`'s forecast module around `self.model`, for its input packing (`_convert`)."""
@@ -329,11 +415,22 @@ def save_pruned_moirai(
     return sorted(os.listdir(folder))
 
 
-def load_pruned_moirai(path: str | os.PathLike) -> nn.Module:
+def load_pruned_moirai(
+    path: str | os.PathLike,
+    prediction_length: int | None = None,
+    context_length: int | None = None,
+    patch_size: int | None = None,
+) -> nn.Module:
     """Loads a pruned Moirai checkpoint folder (written by `hf_tsprune.save_pruned`) into its wrapper class.
+
+    Args:
+        path (`str` or `os.PathLike`): the folder.
+        prediction_length (`int`, *optional*), context_length (`int`, *optional*), patch_size (`int`, *optional*):
+            a task's forecast settings, in place of the checkpoint's (`None`: the checkpoint's own).
 
     Raises:
         `RuntimeError`: a tensor of the checkpoint is missing, unexpected or of another shape than the layout says.
+        `ValueError`: `patch_size` is not one of the module's.
     """
     from safetensors.torch import load_model
 
@@ -343,9 +440,13 @@ def load_pruned_moirai(path: str | os.PathLike) -> nn.Module:
     settings = json.loads((folder / "config.json").read_text())
     family = get_family(settings["base_model_type"])
     forecast_settings = dict(settings["forecast"])
+    wrapper_class = import_object(family.base_model_class)
+    overrides = dict(prediction_length=prediction_length, context_length=context_length)
+    if patch_size is not None:
+        overrides["patch_size"] = wrapper_class.task_patch_size(settings, patch_size, str(path))
+    forecast_settings.update({k: v for k, v in overrides.items() if v is not None})
     module_class = import_object(forecast_settings.pop("module_class"))
     module = module_class(**_module_arguments(module_class, settings))
-    wrapper_class = import_object(family.base_model_class)
     model = wrapper_class(module, **forecast_settings)
     apply_layout(model, settings[LAYOUT_ATTR])
     load_model(model.model, str(folder / "model.safetensors"), strict=True)
@@ -353,6 +454,9 @@ def load_pruned_moirai(path: str | os.PathLike) -> nn.Module:
     model.config.pruning = settings.get("pruning")
     return model.eval()
 
+
+MOIRAI_TASK_SETTINGS = ("prediction_length", "context_length", "patch_size")
+"""The task settings a Moirai wrapper holds (`Family.task_settings` of the Moirai families)."""
 
 MOIRAI_ATTENTION = dict(
     q="q_proj",
@@ -395,6 +499,9 @@ MOIRAI = register_family(
         install_hint=MOIRAI_INSTALL,
         save_pruned=save_pruned_moirai,
         load_pruned=load_pruned_moirai,
+        task_settings=MOIRAI_TASK_SETTINGS,
+        matches_checkpoint=MoiraiForPrediction.matches_checkpoint,
+        load_dense=MoiraiForPrediction.load_dense,
         description="Moirai 1.x (Salesforce uni2ts): any-variate masked encoder, mixture distribution head",
     )
 )

@@ -25,6 +25,7 @@ from ..specs import ArchitectureSpec, AttentionGroup, MLPGroup
 from .moirai import (
     MOIRAI_ATTENTION,
     MOIRAI_INSTALL,
+    MOIRAI_TASK_SETTINGS,
     MoiraiAdapter,
     MoiraiForPrediction,
     example_inputs,
@@ -47,6 +48,8 @@ class Moirai2ForPrediction(MoiraiForPrediction):
 
     forecast_class = "uni2ts.model.moirai2:Moirai2Forecast"
     module_class = "uni2ts.model.moirai2:Moirai2Module"
+    checkpoint_keys = ("d_model", "num_layers", "d_ff", "patch_size")
+    checkpoint_without = ("distr_output", "patch_sizes")
 
     def __init__(self, model: nn.Module, prediction_length: int, context_length: int, patch_size: int | None = None):
         limit = int(model.num_predict_token) * int(model.patch_size)
@@ -171,6 +174,9 @@ MOIRAI2 = register_family(
         install_hint=MOIRAI_INSTALL,
         save_pruned=save_pruned_moirai,
         load_pruned=load_pruned_moirai,
+        task_settings=MOIRAI_TASK_SETTINGS,
+        matches_checkpoint=Moirai2ForPrediction.matches_checkpoint,
+        load_dense=Moirai2ForPrediction.load_dense,
         description="Moirai-2 (Salesforce uni2ts): decoder, multi-token quantile head",
     )
 )

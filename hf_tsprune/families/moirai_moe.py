@@ -34,6 +34,7 @@ from ..specs import ArchitectureSpec, AttentionGroup, ExpertGroup, MLPGroup
 from .moirai import (
     MOIRAI_ATTENTION,
     MOIRAI_INSTALL,
+    MOIRAI_TASK_SETTINGS,
     MoiraiAdapter,
     MoiraiForPrediction,
     example_inputs,
@@ -58,6 +59,8 @@ class MoiraiMoEForPrediction(MoiraiForPrediction):
 
     forecast_class = "uni2ts.model.moirai_moe:MoiraiMoEForecast"
     module_class = "uni2ts.model.moirai_moe:MoiraiMoEModule"
+    checkpoint_keys = ("d_model", "num_layers", "distr_output", "patch_sizes", "d_ff")
+    checkpoint_without = ()
 
     @staticmethod
     def default_patch_size(module: nn.Module) -> int:
@@ -141,6 +144,9 @@ MOIRAI_MOE = register_family(
         install_hint=MOIRAI_INSTALL,
         save_pruned=save_pruned_moirai,
         load_pruned=load_pruned_moirai,
+        task_settings=MOIRAI_TASK_SETTINGS,
+        matches_checkpoint=MoiraiMoEForPrediction.matches_checkpoint,
+        load_dense=MoiraiMoEForPrediction.load_dense,
         description="Moirai-MoE (Salesforce uni2ts): decoder with 32 SwiGLU experts per layer, top-2 routing",
     )
 )
