@@ -386,7 +386,8 @@ def evaluate_forecaster(
         season_length (`int`, *optional*): Season of `seasonal_naive` and MASE; from the data frequency by default.
         freq (`str`, *optional*): Overrides the data frequency (TimesFM frequency category, default season).
         device (`str` or `torch.device`, *optional*): Moves the model there first; by default it stays put.
-        max_windows (`int`, *optional*): Score only the first items (quick checks).
+        max_windows (`int`, *optional*): Score only the first items (quick checks): dataset items, i.e. one channel
+            of one time window each where the data is channel-independent.
         show_progress (`bool`, *optional*, defaults to `True`): Show a tqdm bar.
         desc (`str`, *optional*): Progress bar label.
 

@@ -98,7 +98,13 @@ class ZeroShotArguments:
     )
     eval_stride: int = field(default=1, metadata={"help": "Step between evaluation windows (the protocol uses 1)."})
     batch_size: int | None = field(default=None, metadata={"help": "Windows per batch (default 256, 8192 naive)."})
-    max_windows: int | None = field(default=None, metadata={"help": "Score only the first windows (smoke tests)."})
+    max_windows: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score only the first N dataset items (smoke tests). With channel-independent data an item is one "
+            "channel of one time window, so N items cover N / channels time windows."
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "Device of the model (default: cuda if available)."})
     torch_dtype: str | None = field(default=None, metadata={"help": "Model dtype: float32, bfloat16, float16."})
     per_horizon: bool = field(default=True, metadata={"help": "Store per-step metric curves in results.json."})
