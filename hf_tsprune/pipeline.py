@@ -15,6 +15,7 @@ longer than `prediction_length` only for TimesFM 1.x). The run's outcome is a [`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -559,6 +560,30 @@ class PruneResult:
         return MaskSetResult(step=self.best_step, eval_loss=self.best_eval_loss, sparsity=self.best_sparsity)
 
 
+def few_windows_warnings(
+    num_train_windows: int, num_validation_windows: int, optimizer_steps_per_epoch: int, ratio_per_epoch: float
+) -> list[str]:
+    """What is too small in a prune run for a meaningful choice, as messages that say how many there are and what to
+    change (empty when nothing is): fewer than 5 optimizer steps per epoch (each removes a large share of the channels
+    at once, on the scores of a handful of batches) or fewer than 20 validation windows (the mask set is chosen on
+    them)."""
+    warnings = []
+    if optimizer_steps_per_epoch < 5:
+        share = ratio_per_epoch / max(optimizer_steps_per_epoch, 1)
+        warnings.append(
+            f"The prune run has {optimizer_steps_per_epoch} optimizer step(s) per epoch ({num_train_windows} training "
+            f"windows): each step removes {share:.0%} of the channels at once. Lower --train_stride or "
+            "--per_device_train_batch_size (or --gradient_accumulation_steps), or use a shorter --context_length / "
+            "--prediction_length, for more steps."
+        )
+    if num_validation_windows < 20:
+        warnings.append(
+            f"The mask set is chosen on {num_validation_windows} validation window(s): too few for a meaningful "
+            "choice. Lower --validation_stride, or use a shorter --context_length / --prediction_length."
+        )
+    return warnings
+
+
 def prune_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments, output_dir: str) -> PruneResult:
     """Prune run: masks on, weights frozen, dropout off; keeps the best-validation mask set; then shrinks.
 
@@ -590,6 +615,12 @@ def prune_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments, 
         data_collator=ForecastCollator(model, data.freq_index),
         callbacks=[callback],
     )
+    steps_per_epoch = math.ceil(
+        len(data.train)
+        / (training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size)
+    )
+    for warning in few_windows_warnings(len(data.train), len(data.validation), steps_per_epoch, args.ratio_per_epoch):
+        logger.warning(warning)
     with dropout_disabled(model):
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     unwrapped = trainer.model if not hasattr(trainer.model, "module") else trainer.model.module

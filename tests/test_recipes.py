@@ -220,3 +220,15 @@ def test_shared_parser_with_several_dataclasses_and_recipe_defaults(tmp_path):
     assert extra.metrics == "mse,mae" and extra.splits == "test"  # YAML list joined, YAML null left at the default
     assert training.learning_rate == 0.01 and training.max_steps == 9  # YAML over defaults, flags over YAML
     assert training.seed == 7 and training.use_cpu is True  # recipe defaults, converted like flags
+
+
+def test_too_few_windows_for_a_meaningful_choice_are_said(task, tmp_path, caplog):
+    from hf_tsprune.pipeline import few_windows_warnings
+
+    assert few_windows_warnings(10_000, 500, 50, 0.3) == []
+    steps, validation = few_windows_warnings(100, 5, 2, 0.3)
+    assert "2 optimizer step(s) per epoch (100 training windows)" in steps and "15% of the channels" in steps
+    assert "--train_stride" in steps and "5 validation window(s)" in validation and "--validation_stride" in validation
+    with caplog.at_level("WARNING", logger="hf_tsprune.pipeline"):
+        prune_finetune.main(argv(task, tmp_path / "few", "--train_stride", "64", "--finetune_epochs", "1"))
+    assert any("optimizer step(s) per epoch" in r.getMessage() for r in caplog.records)
