@@ -32,7 +32,13 @@ from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
 from .callback import BestWeightsCallback, PruningCallback
-from .data import build_window_datasets, get_window_source, load_time_series, timesfm_frequency_index
+from .data import (
+    build_window_datasets,
+    get_window_source,
+    last_windows_fraction,
+    load_time_series,
+    timesfm_frequency_index,
+)
 from .evaluation import evaluate_forecaster
 from .masks import install_masks
 from .results import MaskSetResult, RunResult, SplitMetrics
@@ -136,6 +142,13 @@ class TaskArguments:
     )
     preset: str = field(default="quick", metadata={"help": f"Data/epoch preset: {sorted(PRESETS)}."})
     train_stride: int | None = field(default=None, metadata={"help": "Step between training windows (preset)."})
+    train_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Few-shot: train (and prune) on this fraction of the training windows, the last ones of the "
+            "train split (TTM's few-shot protocol), e.g. 0.05 or 0.1; validation and test are unchanged."
+        },
+    )
     validation_stride: int | None = field(default=None, metadata={"help": "Step between validation windows (preset)."})
     output_dir: str = field(
         default="runs/prune_finetune",
@@ -180,6 +193,10 @@ class TaskArguments:
                 setattr(self, key, value)
         if self.prediction_length < 1 or self.context_length < 1:
             raise ValueError("--prediction_length and --context_length must be positive integers.")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(
+                f"--train_fraction must be in (0, 1] (a share of the training windows), got {self.train_fraction}."
+            )
         if self.patch_size is not None and self.patch_size < 1:
             raise ValueError(f"--patch_size must be a positive integer (Moirai only), got {self.patch_size}.")
         if self.missing_values not in ("mask", "ffill", "raise"):
@@ -447,7 +464,11 @@ def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
     test = build_window_datasets(
         collection, prediction_length=args.prediction_length, eval_stride=1, splits=("test",), **windows
     )
-    splits = {"train": training["train"], "validation": training["validation"], "test": test["test"]}
+    splits = {
+        "train": last_windows_fraction(training["train"], args.train_fraction),
+        "validation": training["validation"],
+        "test": test["test"],
+    }
     for split, dataset in splits.items():
         if len(dataset) == 0:
             steps = args.prediction_length if split == "test" else target_length

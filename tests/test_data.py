@@ -22,12 +22,14 @@ from hf_tsprune.data import (
     frame_to_collection,
     get_window_source,
     infer_frequency,
+    last_windows_fraction,
     load_forecasting_dataset,
     load_time_series,
     resolve_benchmark_path,
     seasonal_period,
     split_borders,
     timesfm_frequency_index,
+    window_index_arrays,
 )
 
 DATA_DIR = Path(os.environ.get(DATA_DIR_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -124,6 +126,22 @@ def test_stride_and_eval_stride(csv_path):
     assert len(strided["test"]) == (len(full["test"]) + 1) // 2
     with pytest.raises(ValueError, match="stride"):
         load_forecasting_dataset(csv_path, context_length=24, prediction_length=8, stride=0)
+
+
+def test_train_fraction_keeps_the_last_time_windows_of_every_channel(csv_path):
+    """Few-shot (TTM's protocol): the last 10% of the training time windows, with all their channels."""
+    train = load_forecasting_dataset(csv_path, context_length=24, prediction_length=8)["train"]
+    index = window_index_arrays(train)
+    starts = np.unique(index["start"])
+    few = last_windows_fraction(train, 0.1)
+    few_index = window_index_arrays(few)
+    kept = np.unique(few_index["start"])
+    assert len(kept) == int(np.ceil(0.1 * len(starts))) and (kept == starts[-len(kept) :]).all()
+    assert len(few) == len(kept) * 3  # every channel of each kept window
+    assert torch.equal(few[0]["past_values"], train[int(np.flatnonzero(index["start"] == kept[0])[0])]["past_values"])
+    assert last_windows_fraction(train, 1.0) is train
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        last_windows_fraction(train, 0.0)
 
 
 def test_one_read_gives_windows_of_two_target_lengths(csv_path):

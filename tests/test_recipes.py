@@ -232,3 +232,11 @@ def test_too_few_windows_for_a_meaningful_choice_are_said(task, tmp_path, caplog
     with caplog.at_level("WARNING", logger="hf_tsprune.pipeline"):
         prune_finetune.main(argv(task, tmp_path / "few", "--train_stride", "64", "--finetune_epochs", "1"))
     assert any("optimizer step(s) per epoch" in r.getMessage() for r in caplog.records)
+
+
+def test_train_fraction_trains_on_the_last_windows(task, tmp_path):
+    few = prune_finetune.main(argv(task, tmp_path / "few", "--train_fraction", "0.25", "--finetune_epochs", "1"))
+    result = few.to_dict()
+    assert result["settings"]["train_fraction"] == 0.25 and np.isfinite(result["finetuned"]["test"]["mse"])
+    with pytest.raises(ValueError, match="--train_fraction must be in"):
+        prune_finetune.main(argv(task, tmp_path / "bad", "--train_fraction", "1.5"))

@@ -46,6 +46,7 @@ from .windows import (
     WindowBatches,
     build_window_datasets,
     get_window_source,
+    last_windows_fraction,
     load_forecasting_dataset,
     split_borders,
     window_index_arrays,
@@ -74,5 +75,6 @@ __all__ = [
     "seasonal_period",
     "split_borders",
     "timesfm_frequency_index",
+    "last_windows_fraction",
     "window_index_arrays",
 ]

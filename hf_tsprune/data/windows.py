@@ -6,6 +6,7 @@ windows for the evaluation loop ([`WindowBatches`]).
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -528,6 +529,28 @@ def get_window_source(dataset: datasets.Dataset) -> ForecastingWindows:
             "and do not call `reset_format`/`set_format` on it."
         )
     return transform
+
+
+def last_windows_fraction(dataset: datasets.Dataset, fraction: float) -> datasets.Dataset:
+    """The last `fraction` of a split's time windows of every series (TTM's few-shot protocol takes them from the end
+    of the train split), with all channels of each kept window; the whole split when `fraction` is 1.
+
+    Args:
+        dataset (`datasets.Dataset`): A split made by [`load_forecasting_dataset`] / `build_window_datasets`.
+        fraction (`float`): In (0, 1]; at least one time window per series is kept.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"`fraction` must be in (0, 1], got {fraction}.")
+    if fraction == 1.0 or len(dataset) == 0:
+        return dataset
+    index = window_index_arrays(dataset)
+    keep = []
+    for series in np.unique(index["series_index"]):
+        rows = np.flatnonzero(index["series_index"] == series)
+        starts = np.unique(index["start"][rows])
+        first_kept = starts[len(starts) - max(1, math.ceil(fraction * len(starts)))]
+        keep.append(rows[index["start"][rows] >= first_kept])
+    return dataset.select(np.sort(np.concatenate(keep)))
 
 
 def window_index_arrays(dataset: datasets.Dataset) -> dict[str, np.ndarray]:
