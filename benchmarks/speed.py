@@ -476,8 +476,14 @@ def main():
                     device=args.device, dtype=args.dtype,
                 )
             )  # fmt: skip
+            write_results(args, results, started)
+    print(write_results(args, results, started))
+
+
+def write_results(args: argparse.Namespace, results: list[dict], started: float) -> str:
+    """Writes `<stem>.json` and `<stem>.md` for the results so far (after every model, so that an interrupted run
+    keeps what it measured); returns the table."""
     table = markdown(results, tuple(args.batch_sizes))
-    print(table)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -504,6 +510,7 @@ def main():
         "\nSpeed-ups: median [interquartile range] of dense/shrunk time over interleaved pairs.\n"
     )
     (out / f"{stem}.md").write_text(f"{header}\n{table}\n")
+    return table
 
 
 if __name__ == "__main__":
