@@ -339,7 +339,7 @@ def benchmark(
     shrunk = copy.deepcopy(dense)
     install_masks(shrunk)
     plan = shrink(shrunk, half_masks(shrunk, whole_heads=whole_heads), example_inputs=example, round_to=round_to)
-    result = {"model": type(dense).__name__, "family": get_family(dense).name, "round_to": round_to}
+    result = {"name": name, "model": type(dense).__name__, "family": get_family(dense).name, "round_to": round_to}
     result["masks"] = "whole heads" if whole_heads else "value channels"
     result.update(
         params_before=plan.params_before,
@@ -374,7 +374,14 @@ def benchmark(
     for batch, accumulate in steps:
         suffix = "" if accumulate == 1 else "_macro"
         repeats = step_repeats if accumulate == 1 else 1
-        prune, finetune = (run_step(name, k, batch, repeats, accumulate, device, dtype) for k in ("prune", "finetune"))
+        try:
+            prune, finetune = (
+                run_step(name, k, batch, repeats, accumulate, device, dtype) for k in ("prune", "finetune")
+            )
+        except subprocess.CalledProcessError as error:  # e.g. killed for memory: the latency figures still count
+            result[f"step_error{suffix}"] = f"{batch * accumulate} windows: exit {error.returncode}"
+            print(f"{name}: the step at {batch * accumulate} windows failed (exit {error.returncode})", flush=True)
+            continue
         result.update({
             f"step_batch{suffix}": batch * accumulate,
             f"prune_step_ms{suffix}": 1e3 * prune["seconds"],
@@ -407,7 +414,7 @@ def markdown(results: list[dict], batch_sizes: tuple[int, ...] = (1, 64)) -> str
         cells = " | ".join(_speedup(r, b) for b in batch_sizes)
         ratios = " | ".join(f"{r[f'speedup_over_flop_ratio_b{b}']:.2f}" for b in batch_sizes)
         lines.append(
-            f"| {r['model']} | {r.get('masks', 'whole heads')}, {r['round_to']} | {r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M | "
+            f"| {r.get('name', r['model'])} (`{r['model']}`) | {r.get('masks', 'whole heads')}, {r['round_to']} | {r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M | "
             f"{r['flop_ratio']:.2f}× | {cells} | {ratios} |"
         )
     steps = [r for r in results if "prune_step_ms" in r]
@@ -421,7 +428,7 @@ def markdown(results: list[dict], batch_sizes: tuple[int, ...] = (1, 64)) -> str
             for suffix in ("", "_macro"):
                 if f"prune_step_ms{suffix}" in r:
                     lines.append(
-                        f"| {r['model']} | {r[f'step_batch{suffix}']} | {r[f'prune_over_finetune_time{suffix}']:.2f} "
+                        f"| {r.get('name', r['model'])} | {r[f'step_batch{suffix}']} | {r[f'prune_over_finetune_time{suffix}']:.2f} "
                         f"({r[f'prune_step_ms{suffix}']:.0f} vs {r[f'finetune_step_ms{suffix}']:.0f} ms) | "
                         f"{r[f'prune_over_finetune_memory{suffix}']:.2f} ({r[f'prune_step_peak_mib{suffix}']:.0f} vs "
                         f"{r[f'finetune_step_peak_mib{suffix}']:.0f} MiB) |"
