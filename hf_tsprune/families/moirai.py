@@ -473,8 +473,27 @@ MOIRAI_ATTENTION = dict(
 )
 """The attention group of every `uni2ts` Moirai encoder (1.x, MoE, 2.0)."""
 
+
+def moirai_family(*, model_class: type, **fields) -> Family:
+    """The `Family` record of a uni2ts Moirai model (1.x, MoE, 2): the fields they share (the forecast configuration,
+    the uni2ts package, the pruned checkpoint format, the task settings, dense loading through `model_class`) and
+    `fields`, the family's own (`name`, `spec`, `adapter`, `training_inputs`, `description`, ...)."""
+    return Family(
+        base_config_class="hf_tsprune.families.moirai:MoiraiForecastConfig",
+        base_model_class=f"{model_class.__module__}:{model_class.__name__}",
+        requires="uni2ts",
+        install_hint=MOIRAI_INSTALL,
+        save_pruned=save_pruned_moirai,
+        load_pruned=load_pruned_moirai,
+        task_settings=MOIRAI_TASK_SETTINGS,
+        matches_checkpoint=model_class.matches_checkpoint,
+        load_dense=model_class.load_dense,
+        **fields,
+    )
+
+
 MOIRAI = register_family(
-    Family(
+    moirai_family(
         name="moirai",
         spec=ArchitectureSpec(
             name="moirai",
@@ -493,15 +512,7 @@ MOIRAI = register_family(
         ),
         adapter=MoiraiAdapter(),
         training_inputs=training_inputs,
-        base_config_class="hf_tsprune.families.moirai:MoiraiForecastConfig",
-        base_model_class="hf_tsprune.families.moirai:MoiraiForPrediction",
-        requires="uni2ts",
-        install_hint=MOIRAI_INSTALL,
-        save_pruned=save_pruned_moirai,
-        load_pruned=load_pruned_moirai,
-        task_settings=MOIRAI_TASK_SETTINGS,
-        matches_checkpoint=MoiraiForPrediction.matches_checkpoint,
-        load_dense=MoiraiForPrediction.load_dense,
+        model_class=MoiraiForPrediction,
         description="Moirai 1.x (Salesforce uni2ts): any-variate masked encoder, mixture distribution head",
     )
 )

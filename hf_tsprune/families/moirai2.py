@@ -20,18 +20,15 @@ import torch
 from torch import nn
 
 from ..adapters import ModelForecast
-from ..family import Family, register_family
+from ..family import register_family
 from ..specs import ArchitectureSpec, AttentionGroup, MLPGroup
 from .moirai import (
     MOIRAI_ATTENTION,
-    MOIRAI_INSTALL,
-    MOIRAI_TASK_SETTINGS,
     MoiraiAdapter,
     MoiraiForPrediction,
     example_inputs,
     forecast,
-    load_pruned_moirai,
-    save_pruned_moirai,
+    moirai_family,
     training_inputs,
 )
 
@@ -143,7 +140,7 @@ class Moirai2Adapter(MoiraiAdapter):
 
 
 MOIRAI2 = register_family(
-    Family(
+    moirai_family(
         name="moirai2",
         spec=ArchitectureSpec(
             name="moirai2",
@@ -168,15 +165,7 @@ MOIRAI2 = register_family(
         ),
         adapter=Moirai2Adapter(),
         training_inputs=training_inputs,
-        base_config_class="hf_tsprune.families.moirai:MoiraiForecastConfig",
-        base_model_class="hf_tsprune.families.moirai2:Moirai2ForPrediction",
-        requires="uni2ts",
-        install_hint=MOIRAI_INSTALL,
-        save_pruned=save_pruned_moirai,
-        load_pruned=load_pruned_moirai,
-        task_settings=MOIRAI_TASK_SETTINGS,
-        matches_checkpoint=Moirai2ForPrediction.matches_checkpoint,
-        load_dense=Moirai2ForPrediction.load_dense,
+        model_class=Moirai2ForPrediction,
         description="Moirai-2 (Salesforce uni2ts): decoder, multi-token quantile head",
     )
 )

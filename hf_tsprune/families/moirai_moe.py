@@ -29,18 +29,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..family import Family, register_family
+from ..family import register_family
 from ..specs import ArchitectureSpec, AttentionGroup, ExpertGroup, MLPGroup
 from .moirai import (
     MOIRAI_ATTENTION,
-    MOIRAI_INSTALL,
-    MOIRAI_TASK_SETTINGS,
     MoiraiAdapter,
     MoiraiForPrediction,
     example_inputs,
     forecast,
-    load_pruned_moirai,
-    save_pruned_moirai,
+    moirai_family,
     training_inputs,
 )
 
@@ -111,7 +108,7 @@ def moirai_moe_forward(self, x: torch.Tensor, centroid: torch.Tensor | None = No
 
 
 MOIRAI_MOE = register_family(
-    Family(
+    moirai_family(
         name="moirai_moe",
         spec=ArchitectureSpec(
             name="moirai_moe",
@@ -138,15 +135,7 @@ MOIRAI_MOE = register_family(
         ),
         adapter=MoiraiAdapter(),
         training_inputs=training_inputs,
-        base_config_class="hf_tsprune.families.moirai:MoiraiForecastConfig",
-        base_model_class="hf_tsprune.families.moirai_moe:MoiraiMoEForPrediction",
-        requires="uni2ts",
-        install_hint=MOIRAI_INSTALL,
-        save_pruned=save_pruned_moirai,
-        load_pruned=load_pruned_moirai,
-        task_settings=MOIRAI_TASK_SETTINGS,
-        matches_checkpoint=MoiraiMoEForPrediction.matches_checkpoint,
-        load_dense=MoiraiMoEForPrediction.load_dense,
+        model_class=MoiraiMoEForPrediction,
         description="Moirai-MoE (Salesforce uni2ts): decoder with 32 SwiGLU experts per layer, top-2 routing",
     )
 )
