@@ -8,8 +8,8 @@ Prune-then-finetune ("Less is More", arXiv 2505.23195) as a `transformers.Traine
 3. `shrink(model)`: physically smaller model, same outputs; returns a `PruningPlan` (params, FLOPs, per-layer sizes).
 """
 
-from . import models as _models  # noqa: F401  (registers the own Time-MoE / Timer-XL / Sundial implementations)
 from . import families as _families  # noqa: F401  (registers every model family)
+from . import models as _models  # noqa: F401  (registers the own Time-MoE / Timer-XL / Sundial implementations)
 from .callback import PruningCallback
 from .checkpoint_code import EmptyAttention
 from .family import Family, families, family_of, get_family, get_spec, register_family, supported_model_classes
