@@ -42,6 +42,7 @@ def oracle_classes():
 
 def rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Max absolute difference relative to the largest reference magnitude."""
+    actual, expected = actual.detach(), expected.detach()
     return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
 
 
