@@ -13,6 +13,8 @@ configuration records:
   block, `{"kind": "attention", "num_kv_heads": h, "v_head_dim": d}` for an attention block (the query heads follow as
   `h` times the query heads per key/value head; `h == 0`: the block was replaced by its constant output); attention
   that reads a tensor shared across layers (T5's position bias) also lists `kept_heads`, its original head indices;
+  attention with pruned rotary query/key pairs lists `rotary_pairs`, per key/value head the original indices of its
+  kept pairs (the query/key head dimension is twice their count);
 - `hf_tsprune_blocks`: the family's prunable block kinds, written from hf_tsprune's registered family at save time
   (each the fields of its `MLPGroup` / `AttentionGroup`, with the attention forward by function name);
 - `base_model` / `base_model_revision` / `pruning`: provenance and figures.
@@ -238,7 +240,20 @@ def apply_pruned_layout(
         if heads == 0 and not (entry["kept_heads_attr"] or entry["keep_empty_blocks"]):
             set_submodule(model, name, empty_attention(o, entry["num_outputs"]))
             continue
-        qk_dim = int(getattr(block, entry["head_dim_attr"]))
+        base_dim = qk_dim = int(getattr(block, entry["head_dim_attr"]))
+        pairs = sizes.get("rotary_pairs")
+        if pairs is not None:  # pruned rotary query/key pairs: original pair indices per kept key/value head
+            counts = {len(p) for p in pairs}
+            if (
+                not entry.get("rotary_pairs_attr")
+                or len(pairs) != heads
+                or len(counts) != 1
+                or 0 in counts
+                or not all(0 <= int(i) < base_dim // 2 for p in pairs for i in p)
+            ):
+                raise ValueError(f"The pruned layout of {name} lists rotary pairs this architecture cannot take.")
+            pairs = torch.as_tensor(pairs, dtype=torch.long, device="cpu")
+            qk_dim = 2 * pairs.shape[1]
         groups = int(getattr(block, entry["kv_groups_attr"])) if entry["kv_groups_attr"] else 1
         sizes_by_kind = {"q": heads * groups * qk_dim, "kv": heads * qk_dim, "o": heads * groups * v_head_dim}
         _resized_linear(block, entry["q"], out_features=sizes_by_kind["q"])
@@ -257,7 +272,13 @@ def apply_pruned_layout(
             kept = query_heads(kept_kv_heads, groups)
             # persistent: on the meta device (from_pretrained) its values come from the checkpoint
             block.register_buffer(entry["kept_heads_attr"], kept.to(o.weight.device))
-        if entry["kept_heads_attr"] or v_head_dim != qk_dim:
+        if pairs is not None:
+            setattr(block, entry["head_dim_attr"], qk_dim)
+            # persistent: on the meta device (from_pretrained) its values come from the checkpoint
+            block.register_buffer(entry["rotary_pairs_attr"], pairs.to(o.weight.device))
+        if entry.get("native_v_head_dim"):  # the block's own forward reads `v_head_dim`
+            block.v_head_dim = v_head_dim
+        elif entry["kept_heads_attr"] or v_head_dim != base_dim:
             if entry["v_head_dim_forward"] is None:
                 raise ValueError(f"{name}: this architecture keeps the value head dimension; the layout changes it.")
             block.v_head_dim = v_head_dim

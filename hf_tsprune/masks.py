@@ -8,6 +8,12 @@ effect on the loss of removing the channel everywhere, which is the Taylor impor
 
 Masks are parameters (named `...<consumer>.hf_tsprune_mask`) so that DDP averages their gradients across ranks and
 checkpoints carry them; the optimizer never moves them (`PruningCallback` drops their gradients after scoring).
+
+Rotary query/key pairs (`AttentionGroup.rotary_pairs_attr`) are a second masked group of their attention block, named
+`<block>.<q>` (e.g. `model.layers.0.self_attn.q_proj`): one unit per rotary pair `(i, i + d/2)` of every key/value
+head, applied to the query projection's output (both channels of the pair, in every query head of the GQA group).
+Rotation mixes only the two channels of a pair, so a zero query pair contributes nothing to any attention logit: the
+gradient of its mask is the first-order effect of removing the pair from the query and the key projections.
 """
 
 from __future__ import annotations
@@ -34,7 +40,11 @@ class MaskedGroup:
         module: the block module.
         mask: the mask parameter (1 = kept, 0 = pruned), shape `(num_units,)`.
         unit_cost: parameters removed with each unit, shape `(num_units,)` (the cost-normalised mode divides by it).
-        num_kv_heads, head_dim, kv_groups: attention structure (1, width, 1 for MLP groups).
+        num_kv_heads, head_dim, kv_groups: attention structure (1, width, 1 for MLP groups; for rotary pairs,
+            `head_dim` is the number of pairs per key/value head).
+        part: `"channels"` (feed-forward channels, attention value channels) or `"rotary"` (the rotary query/key
+            pairs of an attention block, whose name is then `<owner>.<q>`).
+        owner: for rotary pairs, the name of the attention block.
     """
 
     name: str
@@ -46,17 +56,32 @@ class MaskedGroup:
     head_dim: int = 0
     kv_groups: int = 1
     hook: torch.utils.hooks.RemovableHandle | None = None
+    part: str = "channels"
+    owner: str | None = None
 
     @property
     def num_units(self) -> int:
         return self.mask.numel()
 
     @property
+    def kind(self) -> str:
+        """`"mlp"`, `"attention"` or `"rotary"`."""
+        return "rotary" if self.part == "rotary" else self.group.kind
+
+    @property
     def consumer(self) -> nn.Linear:
+        """The Linear holding the mask: the consumer (input columns), or for rotary pairs the query projection
+        (output rows)."""
+        if self.part == "rotary":
+            return self.module.get_submodule(self.group.q)
         return self.module.get_submodule(self.group.consumer if isinstance(self.group, MLPGroup) else self.group.o)
 
     def consumer_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """Expands a unit mask to the consumer's input columns (GQA: every query head of a key/value head)."""
+        """Expands a unit mask to the consumer's input columns (GQA: every query head of a key/value head), or for
+        rotary pairs to the query projection's output rows (pair `j` of `n` is channels `j` and `n + j` of a head)."""
+        if self.part == "rotary":
+            pairs = mask.view(self.num_kv_heads, 1, 1, self.head_dim)
+            return pairs.expand(-1, self.kv_groups, 2, -1).reshape(-1)
         if self.kv_groups == 1:
             return mask
         return mask.view(self.num_kv_heads, 1, self.head_dim).expand(-1, self.kv_groups, -1).reshape(-1)
@@ -108,12 +133,9 @@ def describe_groups(model: nn.Module, spec: ArchitectureSpec | None = None) -> l
                     f"{name}: projection sizes do not match {num_kv_heads} kv heads x {kv_groups} groups."
                 )
             # A value channel removes its v row and one o column per query head reading it, plus its share of the
-            # head's query/key rows (they go when the whole head goes).
-            cost = (
-                _row_cost(v)
-                + kv_groups * o.out_features
-                + (kv_groups * _row_cost(q) + _row_cost(k)) * head_dim / max(v_head_dim, 1)
-            )
+            # head's query/key rows (they go when the whole head goes), unless those are units of their own.
+            qk_share = 0 if group.rotary_pairs_attr else (kv_groups * _row_cost(q) + _row_cost(k)) * head_dim
+            cost = _row_cost(v) + kv_groups * o.out_features + qk_share / max(v_head_dim, 1)
             units = num_kv_heads * v_head_dim
             groups.append(
                 MaskedGroup(
@@ -121,12 +143,36 @@ def describe_groups(model: nn.Module, spec: ArchitectureSpec | None = None) -> l
                     num_kv_heads=num_kv_heads, head_dim=v_head_dim, kv_groups=kv_groups,
                 )
             )  # fmt: skip
+            if group.rotary_pairs_attr and num_kv_heads:
+                if head_dim % 2:
+                    raise ValueError(f"{name}: rotary pairs need an even query/key head dimension, got {head_dim}.")
+                pairs = head_dim // 2
+                units = num_kv_heads * pairs
+                cost = 2 * (kv_groups * _row_cost(q) + _row_cost(k))  # both channels, in q (every group) and k
+                groups.append(
+                    MaskedGroup(
+                        f"{name}.{group.q}", group, module, nn.Parameter(torch.ones(units)),
+                        torch.full((units,), float(cost)), num_kv_heads=num_kv_heads, head_dim=pairs,
+                        kv_groups=kv_groups, part="rotary", owner=name,
+                    )
+                )  # fmt: skip
     if not groups:
         raise ValueError(
             f"{type(model).__name__} has nothing prunable: its spec matched no module. Check that the model was built "
             "from the class the spec describes, or register a spec whose patterns match its module names."
         )
     return groups
+
+
+class _ApplyOutputMask:
+    """Forward hook: multiplies the query projection's output by the (expanded) rotary pair mask."""
+
+    def __init__(self, masked: MaskedGroup):
+        self.masked = masked
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        mask = self.masked.consumer_mask(getattr(module, MASK_NAME))
+        return output * mask.to(output.dtype)
 
 
 class _ApplyMask:
@@ -173,7 +219,10 @@ def install_masks(model: nn.Module, spec: ArchitectureSpec | None = None, freeze
         consumer = masked.consumer
         masked.mask = nn.Parameter(torch.ones(masked.num_units, device=device, dtype=torch.float32))
         consumer.register_parameter(MASK_NAME, masked.mask)
-        masked.hook = consumer.register_forward_pre_hook(_ApplyMask(masked))
+        if masked.part == "rotary":
+            masked.hook = consumer.register_forward_hook(_ApplyOutputMask(masked))
+        else:
+            masked.hook = consumer.register_forward_pre_hook(_ApplyMask(masked))
     object.__setattr__(model, _STATE_ATTR, groups)
     object.__setattr__(model, "_hf_tsprune_frozen", (frozen, hooks))
     return groups

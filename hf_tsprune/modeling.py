@@ -22,7 +22,9 @@ The load-time code is `hf_tsprune/checkpoint_code.py` (imports: torch only); eve
 weights as `hf_tsprune_checkpoint.py`, with two small files generated from the registered family
 (`configuration_hf_tsprune.py`, `modeling_hf_tsprune.py`: the family's base-class imports, the source of its attention
 forwards, and the same two class-factory calls [`build_pruned_classes`] makes here), and records them in
-`config.json`'s `auto_map`, which is what `trust_remote_code=True` loads. After `to_pruned_model`, the model is an
+`config.json`'s `auto_map`, which is what `trust_remote_code=True` loads. A family whose base classes are hf_tsprune's
+own model implementations (`hf_tsprune.models`, e.g. Timer-XL: torch and transformers only) also gets that model
+module's file copied unchanged beside them (`timer_xl.py`), which the generated files import relatively. After `to_pruned_model`, the model is an
 instance of its pruned class, so everything that saves through `save_pretrained` (a `Trainer` finetuning it,
 `push_to_hub`, peft's `merge_and_unload()` then save) writes a pruned checkpoint.
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import importlib
 import inspect
 import json
 import os
@@ -66,7 +69,12 @@ from .masks import _STATE_ATTR, describe_groups, unwrap
 from .surgery import PruningPlan
 
 REMOTE_CODE_FILES = (f"{CONFIG_MODULE}.py", f"{MODEL_MODULE}.py", f"{CHECKPOINT_MODULE}.py")
-"""The files `save_pretrained` writes beside the weights of a pruned model (for `trust_remote_code=True`)."""
+"""The files `save_pretrained` writes beside the weights of a pruned model (for `trust_remote_code=True`); a family
+whose base classes live in `hf_tsprune.models` also gets its model module's file ([`own_model_modules`])."""
+
+OWN_MODELS = "hf_tsprune.models"
+"""The package of hf_tsprune's own model implementations: each module imports only torch, transformers and the
+standard library, so that pruned checkpoints carry it verbatim as remote code."""
 
 PAPER = (
     "Less is More: Unlocking Specialization of Time Series Foundation Models via Structured Pruning (arXiv 2505.23195)"
@@ -78,6 +86,7 @@ __all__ = [
     "is_pruned_model",
     "kept_units",
     "load_pruned",
+    "own_model_modules",
     "register_auto_classes",
     "save_pruned",
     "to_pruned_model",
@@ -169,6 +178,42 @@ def _import_line(name: str, value: Any) -> str:
     raise TypeError(f"Checkpoint code cannot import {name!r} ({value!r}): it is not a module-level name of {module}.")
 
 
+def _relative_module(module: str) -> str:
+    """The module name a checkpoint's remote code imports `module` by: a module of hf_tsprune's own models
+    (`hf_tsprune.models.timer_xl`) is copied beside it and imported relatively (`.timer_xl`); others unchanged."""
+    if module.startswith(OWN_MODELS + "."):
+        return "." + module[len(OWN_MODELS) + 1 :]
+    return module
+
+
+def own_model_modules(family: Family) -> list[types.ModuleType]:
+    """The modules of `hf_tsprune.models` a family's pruned checkpoints need beside their remote code: those of its
+    base configuration and model classes and of what its attention forwards use, each once.
+
+    Raises:
+        `ValueError`: such a module is a package or imports hf_tsprune (a checkpoint loaded with transformers alone
+            could not import it).
+    """
+    names = [family.base_config_class.partition(":")[0], family.base_model_class.partition(":")[0]]
+    for function in family.spec.attention_forwards():
+        names.append(function.__module__)
+        for name in _global_names(function.__code__):
+            value = function.__globals__.get(name)
+            module = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+            names.append(module or "")
+    modules = []
+    for name in dict.fromkeys(n for n in names if n.startswith(OWN_MODELS + ".")):
+        module = importlib.import_module(name)
+        source = Path(module.__file__).read_text()
+        if Path(module.__file__).name == "__init__.py" or re.search(r"^\s*(from|import)\s+hf_tsprune", source, re.M):
+            raise ValueError(
+                f"{name} cannot travel with a checkpoint as remote code: own model modules are single files that "
+                "import only the standard library, torch and transformers."
+            )
+        modules.append(module)
+    return modules
+
+
 def _global_names(code: types.CodeType) -> list[str]:
     names = list(code.co_names)
     for const in code.co_consts:
@@ -202,7 +247,10 @@ def checkpoint_source(functions: tuple[Callable, ...]) -> str:
                 constants[name] = f"{name} = {value!r}"
             else:
                 line = _import_line(name, value)
-                if line.split()[1].split(".")[0] == "hf_tsprune":
+                module = line.split()[1]
+                if module.startswith(OWN_MODELS + "."):  # copied beside the checkpoint code: a relative import
+                    line = line.replace(f" {module} ", f" {_relative_module(module)} ", 1)
+                elif module.split(".")[0] == "hf_tsprune":
                     raise TypeError(
                         f"{function.__qualname__} uses {name!r} of hf_tsprune ({line!r}); checkpoint code may only "
                         "use torch, transformers, the family's own package and the standard library."
@@ -228,7 +276,7 @@ def remote_code_sources(family: Family) -> dict[str, str]:
     header = dict(version=__version__, family=family.name, checkpoint=CHECKPOINT_MODULE)
     config_source = _HEADER.format(what="Its configuration class", **header) + textwrap.dedent(
         f"""
-        from {config_module} import {config_name}
+        from {_relative_module(config_module)} import {config_name}
 
         from .{CHECKPOINT_MODULE} import make_pruned_config_class
 
@@ -245,7 +293,7 @@ def remote_code_sources(family: Family) -> dict[str, str]:
     forwards = family.spec.attention_forwards()
     forward_names = "".join(f"{f.__name__}, " for f in forwards)
     model_source = _HEADER.format(what="Its model class", **header)
-    model_source += f"\nfrom {model_module} import {model_name}\n\n"
+    model_source += f"\nfrom {_relative_module(model_module)} import {model_name}\n\n"
     model_source += f"from .{CONFIG_MODULE} import {family.config_class_name}\n"
     model_source += f"from .{CHECKPOINT_MODULE} import make_pruned_model_class\n"
     if forwards:
@@ -266,8 +314,9 @@ def remote_code_sources(family: Family) -> dict[str, str]:
 
 def write_remote_code(config: Any, save_directory: str | os.PathLike) -> list[str]:
     """Writes the remote-code files of a pruned configuration's family into `save_directory` (created if needed):
-    the generated configuration and modeling files and `hf_tsprune_checkpoint.py`, a copy of
-    `hf_tsprune.checkpoint_code`. Called by every `save_pretrained` of a pruned configuration (hence of a model).
+    the generated configuration and modeling files, `hf_tsprune_checkpoint.py`, a copy of
+    `hf_tsprune.checkpoint_code`, and copies of the family's own model modules ([`own_model_modules`]). Called by
+    every `save_pretrained` of a pruned configuration (hence of a model).
 
     Returns:
         The file names written.
@@ -278,7 +327,12 @@ def write_remote_code(config: Any, save_directory: str | os.PathLike) -> list[st
     for filename, text in remote_code_sources(family).items():
         (folder / filename).write_text(text)
     shutil.copyfile(checkpoint_code.__file__, folder / f"{CHECKPOINT_MODULE}.py")
-    return list(REMOTE_CODE_FILES)
+    written = list(REMOTE_CODE_FILES)
+    for module in own_model_modules(family):
+        filename = Path(module.__file__).name
+        shutil.copyfile(module.__file__, folder / filename)
+        written.append(filename)
+    return written
 
 
 # -- recorded figures -------------------------------------------------------------------------------------------------
@@ -294,9 +348,10 @@ def _meta_base_model(config, family: Family) -> nn.Module:
 
 
 def _units_before(config, family: Family) -> dict[str, dict[str, Any]]:
-    """Per prunable block of the unpruned architecture: its kind, units and (attention) key/value heads."""
+    """Per prunable block of the unpruned architecture: its kind, units and (attention) key/value heads; rotary
+    query/key pairs (kind `"rotary"`) also name their attention block (`owner`)."""
     return {
-        g.name: {"kind": g.group.kind, "units": g.num_units, "heads": g.num_kv_heads}
+        g.name: {"kind": g.kind, "units": g.num_units, "heads": g.num_kv_heads, "owner": g.owner}
         for g in describe_groups(_meta_base_model(config, family), family.spec)
     }
 
@@ -304,7 +359,7 @@ def _units_before(config, family: Family) -> dict[str, dict[str, Any]]:
 def kept_units(model_or_config: nn.Module | Any, plan: PruningPlan | None = None) -> dict[str, dict[str, Any]]:
     """Per prunable block, what the pruning kept of the unpruned architecture: `{name: {"kind", "units_before",
     "units_after", "heads_before", "heads_after"}}` (heads for attention blocks only; units are attention value
-    channels or feed-forward channels; `*_before` always count the unpruned architecture, also after repeated pruning).
+    channels, rotary query/key pairs (kind `"rotary"`, named `<attention block>.<q>`) or feed-forward channels; `*_before` always count the unpruned architecture, also after repeated pruning).
 
     Args:
         model_or_config: a pruned (or shrunk) model of a supported architecture, or its config.
@@ -328,8 +383,14 @@ def _kept_units(config, plan: PruningPlan | None) -> dict[str, dict[str, Any]]:
         entry = {"kind": before["kind"], "units_before": before["units"], "units_after": before["units"]}
         if before["kind"] == "attention":
             entry.update(heads_before=before["heads"], heads_after=before["heads"])
-        sizes, group = layout.get(name), planned.get(name)
-        if group is not None:
+        sizes, group = layout.get(before["owner"] or name), planned.get(name)
+        if before["kind"] == "rotary" and group is None:  # from the layout: the pairs of the kept heads
+            if sizes is not None and sizes["kind"] == "attention":
+                pairs = sizes.get("rotary_pairs")
+                entry["units_after"] = sum(map(len, pairs)) if pairs is not None else (
+                    sizes["num_kv_heads"] * before["units"] // max(before["heads"], 1)
+                )  # fmt: skip
+        elif group is not None:
             entry["units_after"] = group.units_after
             if group.kind == "attention":
                 entry["heads_after"] = group.heads_after

@@ -12,7 +12,10 @@ Three kinds of group exist:
   `v_proj` and input column `d` of every query head that reads key/value head `h` in `o_proj`. A head (a GQA group:
   its key/value head and the query heads that share it) goes when all of its value channels are pruned, as in the
   paper; value channels pruned inside a kept head are cut from a uniform value head dimension where the spec provides
-  an attention forward that supports it (`v_head_dim_forward`), and otherwise stay as exact zero columns of `o_proj`.
+  an attention forward that supports it (`v_head_dim_forward`, or the module's own forward with
+  `native_v_head_dim`), and otherwise stay as exact zero columns of `o_proj`. With `rotary_pairs_attr`, the
+  query/key channels are a second set of units: the rotary pairs `(i, i + d/2)` of every key/value head (see
+  `AttentionGroup`).
 - `ExpertGroup`: the experts of a mixture-of-experts block, removed whole with their router rows (by routing usage
   or a Taylor score per expert: `hf_tsprune.scoring`, `hf_tsprune.surgery.remove_experts`); channel masks never
   cover them (the channels inside each expert are an `MLPGroup`).
@@ -109,6 +112,24 @@ class AttentionGroup:
             axis (Moirai's per-head variate attention bias `var_attn_bias.emb.weight`): sliced to the kept query
             heads with the projections. `num_heads_attrs` / `num_kv_heads_attrs` may name attributes of submodules
             by dotted path (`var_attn_bias.num_heads`) to keep such a submodule's head count in step.
+        native_v_head_dim (`bool`, *optional*, defaults to `False`):
+            The module's own forward reads `self.v_head_dim` (the per-head value width) and derives every shape from
+            the module's attributes (hf_tsprune's own models, `hf_tsprune.models`): value channels pruned inside
+            kept heads are cut without a replacement forward.
+        rotary_pairs_attr (`str`, *optional*):
+            Prune the query/key head dimension of rotary attention by pairs. Rotary position embedding rotates
+            channel `i` of a query/key head with channel `i + d/2`, so the pair is the unit: a second mask (named
+            `<block>.<q>`, applied to the query projection's output) holds one unit per pair of every key/value
+            head, shared by the query heads of its GQA group (q·k sums over the same channels). A pair goes when
+            masked; every kept head of a layer keeps the same number of pairs (the largest kept count, at least one:
+            heads with fewer keep some masked pairs as exact zero rows of the query projection). The engine slices
+            the query/key rows into the layout [first halves of the kept pairs, second halves], sets
+            `head_dim_attr` to twice the kept pairs and registers a persistent buffer under this name, of shape
+            `(num_key_value_heads, pairs)`, holding the original pair (frequency) indices of each key/value head;
+            the module's own forward must read it to index its cos/sin tables and must keep its softmax scale
+            (`scaling`, 1/sqrt of the original head dim) unchanged. The module may not normalise query/key heads
+            (an RMS norm over the head dimension changes when channels go). The kept pairs are recorded in the
+            layout (`rotary_pairs`).
     """
 
     pattern: str
@@ -127,6 +148,8 @@ class AttentionGroup:
     module_classes: tuple[str, ...] = ()
     num_outputs: int = 2
     head_params: tuple[str, ...] = ()
+    native_v_head_dim: bool = False
+    rotary_pairs_attr: str | None = None
 
     kind = "attention"
 
@@ -145,6 +168,17 @@ class AttentionGroup:
                 f"AttentionGroup({self.pattern!r}): `keep_empty_blocks` needs a `v_head_dim_forward` that supports "
                 "zero heads."
             )
+        if self.rotary_pairs_attr is not None and (self.kept_heads_attr is not None or self.keep_empty_blocks):
+            raise ValueError(
+                f"AttentionGroup({self.pattern!r}): `rotary_pairs_attr` is not supported with `kept_heads_attr` or "
+                "`keep_empty_blocks`."
+            )
+
+    @property
+    def changes_v_head_dim(self) -> bool:
+        """Whether value channels pruned inside kept heads can be cut (a replacement or the module's own forward
+        reads `v_head_dim`)."""
+        return self.v_head_dim_forward is not None or self.native_v_head_dim
 
     @property
     def empty_in_place(self) -> bool:

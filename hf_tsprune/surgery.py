@@ -16,7 +16,14 @@ Exactness rules (masked model == shrunk model):
   `o_proj` bias: the exact function of the fully masked block (only with `allow_empty_blocks=True`);
 - attention whose spec names a `kept_heads_attr` (heads that read a tensor shared across layers, such as T5's relative
   position bias) gets a buffer with the original indices of its kept query heads, always runs the spec's forward, and
-  keeps a block with no head in place (zero-width projections); its kept heads are recorded in the layout.
+  keeps a block with no head in place (zero-width projections); its kept heads are recorded in the layout;
+- rotary query/key pairs (`AttentionGroup.rotary_pairs_attr`): a masked pair is removed from the query and key rows of
+  its key/value head (all its query heads); every kept head of a layer keeps the largest kept count of pairs, at least
+  one (a layer whose pairs are all masked keeps one zero pair per head: its attention logits are all zero, as masked),
+  heads with fewer keep masked pairs as exact zero query rows (weight and bias); the rows are laid out as [first
+  halves of the kept pairs, second halves], `head_dim` becomes twice the kept pairs, and a persistent buffer holds the
+  original pair indices per key/value head (also recorded in the layout, `rotary_pairs`), which the module's forward
+  uses to index its cos/sin tables; its softmax scale (1/sqrt of the original head dim) is left as it is.
 """
 
 from __future__ import annotations
@@ -85,9 +92,15 @@ class GroupPlan:
     zero: torch.Tensor | None = field(default=None, repr=False)  # kept-but-pruned positions (bool, like keep/keep_v)
     kept_heads: list[int] | None = None  # attention with a `kept_heads_attr`: original indices of the kept kv heads
     # (experts: original indices of the kept experts)
+    pairs_before: int | None = None  # attention with rotary pairs: pairs per kv head before / after
+    pairs_after: int | None = None
+    keep_pairs: torch.Tensor | None = field(default=None, repr=False)  # (heads_after, pairs_after) current indices
+    zero_pairs: torch.Tensor | None = field(default=None, repr=False)  # kept-but-masked pairs (bool, like keep_pairs)
+    rotary_pairs: list[list[int]] | None = None  # original pair indices per kept kv head (None: all, unchanged)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("keep", "keep_v", "zero")}
+        tensors = ("keep", "keep_v", "zero", "keep_pairs", "zero_pairs")
+        return {k: v for k, v in asdict(self).items() if k not in tensors}
 
     def layout_entry(self) -> dict:
         """This group's entry of the pruned layout (experts: kept count and original indices)."""
@@ -125,6 +138,10 @@ class PruningPlan:
                 layout[g.name] = {"kind": "attention", "num_kv_heads": g.heads_after, "v_head_dim": g.head_dim_after}
                 if g.kept_heads is not None:
                     layout[g.name]["kept_heads"] = list(g.kept_heads)
+                if g.rotary_pairs is not None:
+                    layout[g.name]["rotary_pairs"] = [list(p) for p in g.rotary_pairs]
+            elif g.kind == "rotary":
+                continue  # recorded in its attention block's entry (`rotary_pairs`)
             elif g.kind == "experts":
                 layout[g.name] = {"kind": "experts", "num_experts": g.units_after, "kept_experts": g.kept_heads}
             else:
@@ -159,6 +176,8 @@ class PruningPlan:
         for g in self.groups:
             heads = f"{g.heads_after}/{g.heads_before}" if g.kind == "attention" else ""
             hdim = f"{g.head_dim_after}/{g.head_dim_before}" if g.kind == "attention" else ""
+            if g.kind == "rotary":
+                hdim = f"q/k {2 * g.pairs_after}/{2 * g.pairs_before}"
             lines.append(
                 f"| {g.name} | {g.kind} | {g.units_after}/{g.units_before} | {heads} | {hdim} | "
                 f"{g.params_before:,} | {g.params_after:,} |"
@@ -192,7 +211,16 @@ def _fill(alive: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return keep, ~alive[keep]
 
 
-def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_empty_blocks: bool) -> GroupPlan:
+def _plan_group(
+    masked: MaskedGroup,
+    mask: torch.Tensor,
+    round_to: int,
+    allow_empty_blocks: bool,
+    rotary: tuple[MaskedGroup, torch.Tensor] | None = None,
+) -> list[GroupPlan]:
+    """The plan of one group; an attention group with rotary pairs (`rotary`: their masked group and mask) also
+    returns the plan of its pairs, second (the attention plan then counts the query/key projections' parameters in
+    the pairs' plan, not in its own)."""
     group, module = masked.group, masked.module
     before = _params(module)
     if not isinstance(group, AttentionGroup):
@@ -203,27 +231,38 @@ def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_em
         producers = [module.get_submodule(p) for p in group.producers]
         consumer = module.get_submodule(group.consumer)
         removed = (width - target) * (sum(_row(p) for p in producers) + consumer.out_features)
-        return GroupPlan(
-            masked.name, "mlp", width, kept, before, before - removed, width_after=target, keep=keep, zero=zero
-        )
+        return [
+            GroupPlan(
+                masked.name, "mlp", width, kept, before, before - removed, width_after=target, keep=keep, zero=zero
+            )
+        ]
     heads, head_dim, g = masked.num_kv_heads, masked.head_dim, masked.kv_groups
     per_head = mask.view(heads, head_dim)
     head_alive = per_head.any(dim=1)
     kept_heads = torch.nonzero(head_alive).flatten()
     kept_units = int(mask.sum())
+    q, k, v, o = (module.get_submodule(getattr(group, a)) for a in "qkvo")
+    qk_params = _params(q) + _params(k) if rotary is not None else 0
     if kept_heads.numel() == 0 and not allow_empty_blocks:
         raise ValueError(
             f"The masks remove every head of {masked.name}. Pass `allow_empty_blocks=True` to replace the block by "
             "its exact constant equivalent (`EmptyAttention`), or keep `min_units_per_group >= 1` when pruning."
         )
     if kept_heads.numel() == 0 and not group.empty_in_place:
-        o = module.get_submodule(group.o)
         after = o.bias.numel() if o.bias is not None else 0
-        return GroupPlan(
-            masked.name, "attention", mask.numel(), 0, before, after, heads, 0, head_dim, 0,
+        plan = GroupPlan(
+            masked.name, "attention", mask.numel(), 0, before - qk_params, after, heads, 0, head_dim, 0,
             keep=kept_heads, keep_v=torch.zeros(0, 0, dtype=torch.long), zero=torch.zeros(0, 0, dtype=torch.bool),
         )  # fmt: skip
-    if group.v_head_dim_forward is not None:
+        if rotary is None:
+            return [plan]
+        pairs_masked, _ = rotary
+        pairs = GroupPlan(
+            pairs_masked.name, "rotary", pairs_masked.num_units, 0, qk_params, 0, heads, 0,
+            pairs_before=pairs_masked.head_dim, pairs_after=0,
+        )  # fmt: skip
+        return [plan, pairs]
+    if group.changes_v_head_dim:
         most = int(per_head.sum(dim=1).max()) if per_head.numel() else 0
         new_dim = min(head_dim, -(-most // round_to) * round_to)
     else:
@@ -235,10 +274,9 @@ def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_em
     else:  # no head left, kept in place (`empty_in_place`)
         keep_v = torch.zeros(0, new_dim, dtype=torch.long)
         zero = torch.zeros(0, new_dim, dtype=torch.bool)
-    q, k, v, o = (module.get_submodule(getattr(group, a)) for a in "qkvo")
     qk_dim = int(getattr(module, group.head_dim_attr))
     gone_heads = heads - kept_heads.numel()
-    removed = gone_heads * qk_dim * (g * _row(q) + _row(k))
+    removed = 0 if rotary is not None else gone_heads * qk_dim * (g * _row(q) + _row(k))
     removed += (heads * head_dim - kept_heads.numel() * new_dim) * (_row(v) + g * o.out_features)
     removed += gone_heads * g * sum(math.prod(t.shape[:-1]) for t in _head_params(module, group))
     original = None
@@ -250,9 +288,42 @@ def _plan_group(masked: MaskedGroup, mask: torch.Tensor, round_to: int, allow_em
             else previous.cpu().view(-1, g)[:, 0].div(g, rounding_mode="floor")[kept_heads]
         )
         original = [int(h) for h in original]
+    plan = GroupPlan(
+        masked.name, "attention", mask.numel(), kept_units, before - qk_params, before - qk_params - removed, heads,
+        int(kept_heads.numel()), head_dim, new_dim, keep=kept_heads, keep_v=keep_v, zero=zero, kept_heads=original,
+    )  # fmt: skip
+    if rotary is None:
+        return [plan]
+    return [plan, _plan_rotary(plan, rotary[0], rotary[1], qk_params, q, k)]
+
+
+def _plan_rotary(
+    attention: GroupPlan, masked: MaskedGroup, mask: torch.Tensor, qk_params: int, q: nn.Linear, k: nn.Linear
+) -> GroupPlan:
+    """The rotary pairs of an attention block whose kept heads `attention` holds: every kept head keeps the same
+    number of pairs (the largest kept count, at least one), filled with masked ones kept as zero query rows."""
+    module, group = masked.module, masked.group
+    heads, pairs, g = masked.num_kv_heads, masked.head_dim, masked.kv_groups
+    per_head = mask.view(heads, pairs)[attention.keep]
+    kept_units = int(per_head.sum())
+    count = max(1, int(per_head.sum(dim=1).max())) if per_head.numel() else 1
+    filled = [_fill(alive, count) for alive in per_head]
+    keep_pairs = torch.stack([f[0] for f in filled]) if filled else torch.zeros(0, count, dtype=torch.long)
+    zero_pairs = torch.stack([f[1] for f in filled]) if filled else torch.zeros(0, count, dtype=torch.bool)
+    after = attention.heads_after * 2 * count * (g * _row(q) + _row(k))
+    previous = getattr(module, group.rotary_pairs_attr, None)
+    original = None
+    if previous is not None:  # pruned before: the current pairs are a subset of the original ones
+        previous = previous.cpu()[attention.keep]
+        original = torch.gather(previous, 1, keep_pairs)
+    elif count < pairs:
+        original = keep_pairs
+    attention.pairs_before, attention.pairs_after = pairs, count
+    attention.keep_pairs, attention.zero_pairs = keep_pairs, zero_pairs
+    attention.rotary_pairs = original.tolist() if original is not None else None
     return GroupPlan(
-        masked.name, "attention", mask.numel(), kept_units, before, before - removed, heads, int(kept_heads.numel()),
-        head_dim, new_dim, keep=kept_heads, keep_v=keep_v, zero=zero, kept_heads=original,
+        masked.name, "rotary", masked.num_units, kept_units, qk_params, after, heads, attention.heads_after,
+        pairs_before=pairs, pairs_after=count,
     )  # fmt: skip
 
 
@@ -291,12 +362,23 @@ def make_plan(
     unknown = set(masks) - {g.name for g in groups}
     if unknown:
         raise ValueError(f"Masks name blocks this model does not have: {sorted(unknown)}.")
-    plans = []
-    for masked in groups:
+
+    def mask_of(masked: MaskedGroup) -> torch.Tensor:
         mask = masks.get(masked.name, torch.ones(masked.num_units, dtype=torch.bool)).bool().cpu()
         if mask.numel() != masked.num_units:
             raise ValueError(f"Mask for {masked.name} has {mask.numel()} units; the model has {masked.num_units}.")
-        plans.append(_plan_group(masked, mask, round_to, allow_empty_blocks))
+        return mask
+
+    pairs_of = {g.owner: g for g in groups if g.part == "rotary"}
+    by_name = {}
+    for masked in groups:
+        if masked.part == "rotary":
+            continue  # planned with its attention block
+        pairs = pairs_of.get(masked.name)
+        rotary = (pairs, mask_of(pairs)) if pairs is not None else None
+        for plan in _plan_group(masked, mask_of(masked), round_to, allow_empty_blocks, rotary):
+            by_name[plan.name] = plan
+    plans = [by_name[masked.name] for masked in groups]  # in the order of the masked groups (`shrink` zips them)
     total = _params(model)
     after = total - sum(p.params_before - p.params_after for p in plans)
     return PruningPlan(type(model).__name__, plans, total, after)
@@ -323,6 +405,8 @@ def _sliced_linear(layer: nn.Linear, rows: torch.Tensor | None = None, cols: tor
 
 def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None:
     group, module = masked.group, masked.module
+    if plan.kind == "rotary":
+        return  # applied with its attention block
     if plan.kind == "mlp":
         for path in group.producers:
             set_submodule(module, path, _sliced_linear(module.get_submodule(path), rows=plan.keep))
@@ -340,9 +424,17 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
     q, k, v = (module.get_submodule(getattr(group, a)) for a in "qkv")
     qk_dim = int(getattr(module, group.head_dim_attr))
     g = masked.kv_groups
-    kv_rows = (plan.keep[:, None] * qk_dim + torch.arange(qk_dim)).flatten()
     q_heads = query_heads(plan.keep, g)  # the query heads reading the kept kv heads
-    q_rows = (q_heads[:, None] * qk_dim + torch.arange(qk_dim)).flatten()
+    if plan.keep_pairs is not None:  # rotary pairs: [first halves of the kept pairs, second halves] per head
+        half = qk_dim // 2
+        channels = torch.cat([plan.keep_pairs, plan.keep_pairs + half], dim=1)  # (kept kv heads, 2 * pairs)
+        kv_rows = (plan.keep[:, None] * qk_dim + channels).flatten()
+        q_rows = (q_heads[:, None] * qk_dim + channels.repeat_interleave(g, dim=0)).flatten()
+        q_zero = torch.cat([plan.zero_pairs, plan.zero_pairs], dim=1).repeat_interleave(g, dim=0).flatten()
+    else:
+        kv_rows = (plan.keep[:, None] * qk_dim + torch.arange(qk_dim)).flatten()
+        q_rows = (q_heads[:, None] * qk_dim + torch.arange(qk_dim)).flatten()
+        q_zero = None
     v_rows = (plan.keep[:, None] * masked.head_dim + plan.keep_v).flatten()
     if group.kept_heads_attr is not None:
         previous = getattr(module, group.kept_heads_attr, None)
@@ -356,11 +448,24 @@ def _apply_group(model: nn.Module, masked: MaskedGroup, plan: GroupPlan) -> None
         new_o.weight[:, o_zero.to(new_o.weight.device)] = 0
     for attr, layer, rows in ((group.q, q, q_rows), (group.k, k, kv_rows), (group.v, v, v_rows)):
         set_submodule(module, attr, _sliced_linear(layer, rows=rows))
+    if q_zero is not None and bool(q_zero.any()):  # masked pairs kept for the common count: exact zero query rows
+        new_q = module.get_submodule(group.q)
+        with torch.no_grad():
+            new_q.weight[q_zero.to(new_q.weight.device)] = 0
+            if new_q.bias is not None:
+                new_q.bias[q_zero.to(new_q.bias.device)] = 0
     set_submodule(module, group.o, new_o)
     sizes = {"q": q_rows.numel(), "kv": kv_rows.numel(), "o": o_cols.numel()}
     set_attention_sizes(module, group.to_block(), q_heads.numel(), plan.keep.numel(), sizes)
     resize_head_params(module, group.head_params, q_heads.numel(), keep=q_heads)
-    if plan.head_dim_after != masked.head_dim or hasattr(module, "v_head_dim") or group.kept_heads_attr is not None:
+    if plan.keep_pairs is not None:
+        setattr(module, group.head_dim_attr, 2 * int(plan.pairs_after))
+        if plan.rotary_pairs is not None:  # persistent: saved with the weights, re-created by the layout
+            pairs = torch.tensor(plan.rotary_pairs, dtype=torch.long).view(-1, int(plan.pairs_after))
+            module.register_buffer(group.rotary_pairs_attr, pairs.to(o.weight.device))
+    if group.native_v_head_dim:
+        module.v_head_dim = int(plan.head_dim_after)
+    elif plan.head_dim_after != masked.head_dim or hasattr(module, "v_head_dim") or group.kept_heads_attr is not None:
         if group.v_head_dim_forward is None:
             raise ValueError(f"{masked.name}: the spec has no value-head-dimension forward; cannot change it.")
         module.v_head_dim = int(plan.head_dim_after)
@@ -391,6 +496,7 @@ def shrink(
     tolerance: float = 1e-4,
     example_inputs: dict | None = None,
     count_model_flops: bool = True,
+    spec: ArchitectureSpec | None = None,
 ) -> PruningPlan:
     """Physically removes the pruned channels and heads of `model`, in place; returns the plan with its figures.
 
@@ -406,6 +512,8 @@ def shrink(
             relative to the forecast's largest magnitude).
         example_inputs: forward kwargs for the check and FLOP counts (default: the spec's, batch 1, seed 0).
         count_model_flops: measure FLOPs before and after.
+        spec: the architecture spec (default: the registered one of the model's family), e.g. to shrink a model
+            whose family is not registered.
 
     Returns:
         `PruningPlan` with parameters, FLOPs before/after and the measured masked-vs-shrunk error.
@@ -413,7 +521,7 @@ def shrink(
     from .masks import unwrap
 
     model = unwrap(model)
-    spec = get_spec(model)
+    spec = spec or get_spec(model)
     if getattr(model, _STATE_ATTR, None) is None:
         if masks is None:
             raise ValueError("No masks installed and none given: pass `masks` or call `install_masks` first.")
