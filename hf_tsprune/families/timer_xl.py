@@ -1,0 +1,140 @@
+"""Timer-XL (`TimerForPrediction`, `thuml/timer-base-84m`): hf_tsprune's own transformers-5 implementation in
+`hf_tsprune.models.timer_xl`, a decoder over patches of `input_token_len` values with rotary multi-head attention and
+SwiGLU feed-forward blocks.
+
+Prunable groups: the heads and value channels of every layer's attention (the module reads `v_head_dim` itself), its
+rotary query/key pairs (`rotary_pairs_attr`: the query/key head dimension shrinks by pairs `(i, i + d/2)`, the cos/sin
+tables re-indexed per head, the softmax scale of the full head dimension kept), and the `gate_proj`, `up_proj` ->
+`down_proj` channels of every feed-forward block.
+
+Forecasting is univariate (channels folded into the batch): the context is cropped to its last whole patches,
+normalised per series by its mean and standard deviation (the released `generate`'s `revin`, with the deviation
+floored so that a constant series stays finite), and the longest head forecasts `max(output_token_lens)` values,
+de-normalised; longer horizons roll out. Training uses the model's own next-patch MSE (the mean over its heads of
+every patch's forecast against the values that follow it), on the same per-window normalisation: the training windows
+carry the native horizon (`max(output_token_lens)` values) as target.
+"""
+
+import torch
+from torch import nn
+
+from ..adapters import ForecastAdapter, ModelForecast
+from ..family import Family, register_family
+from ..specs import ArchitectureSpec, AttentionGroup, MLPGroup
+from ..training import stack_features, univariate_values
+
+STD_FLOOR = 1e-5
+"""Smallest standard deviation a window is normalised by (a constant window would otherwise divide by zero)."""
+
+
+def example_inputs(model, batch_size: int = 1, generator: torch.Generator | None = None) -> dict:
+    patch = int(model.config.input_token_len)
+    patches = max(2, min(8, 1024 // patch))
+    return {"input_ids": torch.randn(batch_size, patches * patch, generator=generator)}
+
+
+def forecast(model, inputs: dict) -> torch.Tensor:
+    horizon = max(model.config.output_token_lens)
+    return model(**inputs, use_cache=False, max_output_length=horizon, return_dict=True).logits
+
+
+def whole_patches(series: torch.Tensor, patch: int) -> torch.Tensor:
+    """The last whole patches of `(batch, length)` series (the model drops a trailing remainder, which is the most
+    recent data: cropping at the front keeps it).
+
+    Raises:
+        `ValueError`: the series is shorter than one patch.
+    """
+    length = series.shape[1] // patch * patch
+    if length == 0:
+        raise ValueError(
+            f"Timer-XL reads patches of input_token_len={patch} values; the context has {series.shape[1]}. Use "
+            f"--context_length >= {patch}."
+        )
+    return series[:, series.shape[1] - length :]
+
+
+def normalisation(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-series mean and (unbiased, floored) standard deviation of `(batch, length)` contexts, `(batch, 1)` each."""
+    mean = context.mean(dim=-1, keepdim=True)
+    std = context.std(dim=-1, keepdim=True) if context.shape[1] > 1 else torch.ones_like(mean)
+    return mean, torch.nan_to_num(std, nan=1.0).clamp_min(STD_FLOOR)
+
+
+class TimerXLAdapter(ForecastAdapter):
+    """Timer-XL: univariate, any context of whole patches (cropped at the front), up to `max_position_embeddings`
+    patches; one pass forecasts `max(output_token_lens)` values on the per-series normalised context."""
+
+    univariate = True
+
+    def native_horizon(self, model):
+        return int(max(model.config.output_token_lens))
+
+    def max_context(self, model):
+        return int(model.config.max_position_embeddings) * int(model.config.input_token_len)
+
+    def fixed_context(self, model):
+        return False
+
+    def _forecast(self, model, past_values, past_observed_mask, freq):
+        series = whole_patches(past_values[..., 0], int(model.config.input_token_len))
+        mean, std = normalisation(series)
+        horizon = self.native_horizon(model)
+        outputs = model(input_ids=(series - mean) / std, use_cache=False, max_output_length=horizon, return_dict=True)
+        return ModelForecast(mean=(outputs.logits * std + mean)[:, :, None])
+
+
+def training_inputs(model: nn.Module, features: list[dict], freq_index: int) -> dict:
+    """`input_ids` `(B, T)`: the context cropped to whole patches and normalised per window; `labels`: the same
+    series shifted by one patch and extended by the target (normalised alike), for the next-patch MSE of every head
+    (the target holds at least `max(output_token_lens)` values: the family trains on its native horizon)."""
+    patch = int(model.config.input_token_len)
+    past = whole_patches(univariate_values(stack_features(features, "past_values"), "Timer-XL"), patch)
+    future = univariate_values(stack_features(features, "future_values"), "Timer-XL")
+    needed = int(max(model.config.output_token_lens))
+    if future.shape[1] < needed:
+        raise ValueError(
+            f"Timer-XL's loss compares each patch's forecast with the {needed} values after it; the windows' targets "
+            f"have {future.shape[1]}. Build the training windows with `training_target_length(model, ...)`."
+        )
+    mean, std = normalisation(past)
+    past, future = (past - mean) / std, (future[:, :needed] - mean) / std
+    return {"input_ids": past, "labels": torch.cat([past[:, patch:], future], dim=1)}
+
+
+TIMER_XL = register_family(
+    Family(
+        name="timer_xl",
+        spec=ArchitectureSpec(
+            name="timer_xl",
+            model_classes=("TimerForPrediction",),
+            groups=(
+                AttentionGroup(
+                    pattern=r"model\.layers\.\d+\.self_attn",
+                    num_heads_attrs=("num_heads",),
+                    num_kv_heads_attrs=("num_key_value_heads",),
+                    kv_groups_attr="num_key_value_groups",
+                    native_v_head_dim=True,
+                    rotary_pairs_attr="rotary_pairs",
+                    module_classes=("TimerAttention",),
+                ),
+                MLPGroup(
+                    pattern=r"model\.layers\.\d+\.ffn_layer",
+                    producers=("gate_proj", "up_proj"),
+                    consumer="down_proj",
+                    module_classes=("TimerMLP",),
+                ),
+            ),
+            example_inputs=example_inputs,
+            forecast=forecast,
+        ),
+        adapter=TimerXLAdapter(),
+        training_inputs=training_inputs,
+        label_names=("labels",),
+        trains_native_horizon=True,
+        base_config_class="hf_tsprune.models.timer_xl:TimerConfig",
+        base_model_class="hf_tsprune.models.timer_xl:TimerForPrediction",
+        model_types=("timer",),
+        description="Timer-XL (THUML), hf_tsprune's own transformers-5 implementation",
+    )
+)

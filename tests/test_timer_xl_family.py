@@ -1,0 +1,287 @@
+"""The Timer-XL family (`hf_tsprune.models.timer_xl`, `hf_tsprune/families/timer_xl.py`): exact shrink with rotary
+query/key pairs (tiny and released layouts), the family's forecast and training inputs, prune -> shrink -> finetune
+with the next-patch loss, pruned checkpoints reloaded in a fresh process (after `import hf_tsprune`, and with
+transformers alone through remote code, which carries the model module verbatim) and the three recipes.
+
+Released layout (`thuml/timer-base-84m` `config.json`, as the oracle's configuration defaults and the issue list it):
+8 layers, 8 heads, hidden 1024, intermediate 2048, patches of 96 values (`input_token_len`), one head of 96
+(`output_token_lens=[96]`), rotary base 10000, 10000 positions.
+"""
+
+import copy
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_families import Windows, check_prune_shrink_finetune
+from test_surgery import masked_vs_shrunk, params, random_masks
+
+from hf_tsprune import get_spec, install_masks, save_pruned, shrink
+from hf_tsprune.adapters import get_adapter
+from hf_tsprune.family import get_family
+from hf_tsprune.masks import get_masks
+from hf_tsprune.models.timer_xl import TimerConfig, TimerForPrediction
+from hf_tsprune.surgery import apply_layout
+from hf_tsprune.training import ForecastCollator, training_label_names, training_target_length
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(
+    input_token_len=4, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+    output_token_lens=[4, 8], max_position_embeddings=64,
+)  # fmt: skip
+RELEASED = dict(
+    input_token_len=96, hidden_size=1024, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8,
+    output_token_lens=[96], max_position_embeddings=10000, rope_theta=10000,
+)  # fmt: skip
+
+
+def build(settings: dict = TINY, seed: int = 0, std: float = 0.2) -> TimerForPrediction:
+    """A Timer-XL with random weights (std 0.2 in the tiny one, so that every unit matters)."""
+    torch.manual_seed(seed)
+    model = TimerForPrediction(TimerConfig(**settings)).eval()
+    if std is not None:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(0.0, std)
+    return model
+
+
+def forecast(model, inputs):
+    with torch.no_grad():
+        return get_spec(model).forecast(model, inputs)
+
+
+def round_trip(model, settings: dict = TINY):
+    """A fresh model given the layout (as stored in config.json) loads the shrunk state dict and forecasts the same."""
+    layout = json.loads(json.dumps(model.config.hf_tsprune_layout))
+    fresh = apply_layout(build(settings, seed=5, std=None), layout)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    fresh.load_state_dict(model.state_dict())
+    inputs = get_spec(model).example_inputs(model, 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(forecast(model, inputs), forecast(fresh.eval(), inputs))
+
+
+def test_spec_groups_and_family():
+    model = build()
+    family = get_family(model)
+    assert family.name == "timer_xl" and get_family("timer") is family
+    names = [g.name for g in install_masks(model)]
+    assert names == [
+        "model.layers.0.self_attn", "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn",
+        "model.layers.1.self_attn.q_proj", "model.layers.0.ffn_layer", "model.layers.1.ffn_layer",
+    ]  # fmt: skip
+    assert training_label_names(model) == ["labels"]
+    assert training_target_length(model, 4) == 8  # the next-patch loss needs the longest head's values
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+def test_exact_shrink_tiny(fraction):
+    model = build()
+    install_masks(model)
+    masks = random_masks(model, fraction, seed=int(fraction * 10))
+    plan, rel, shrunk = masked_vs_shrunk(model, masks)
+    assert rel < 1e-5 and plan.max_rel_error < 1e-5 and torch.isfinite(shrunk).all()
+    assert params(model) == plan.params_after < plan.params_before
+    assert plan.flops_after < plan.flops_before
+    rotary = [g for g in plan.groups if g.kind == "rotary"]
+    assert len(rotary) == 2 and all(g.units_after < g.units_before for g in rotary)
+    for layer, group in zip(model.model.layers, rotary):
+        attention = layer.self_attn
+        assert attention.head_dim == 2 * group.pairs_after and attention.scaling == 8**-0.5
+        if attention.rotary_pairs is not None:
+            assert attention.rotary_pairs.shape == (attention.num_key_value_heads, group.pairs_after)
+    round_trip(model)
+
+
+@pytest.mark.slow
+def test_exact_shrink_released_layout():
+    """timer-base-84m's layout (random weights, std 0.02 as initialised), one batch of 2 x 4 patches of 96."""
+    base = build(RELEASED, std=None)
+    assert params(base) == 84_142_080
+    for fraction in (0.3, 0.5, 0.7):
+        model = copy.deepcopy(base)
+        install_masks(model)
+        masks = random_masks(model, fraction, seed=int(fraction * 10))
+        plan, rel, shrunk = masked_vs_shrunk(model, masks, batch_size=2, count_model_flops=False)
+        assert rel < 1e-5 and torch.isfinite(shrunk).all(), (fraction, rel)
+        assert params(model) == plan.params_after < (1.1 - fraction) * plan.params_before
+        if fraction == 0.5:
+            round_trip(model, RELEASED)
+
+
+# -- forecasting and training inputs --------------------------------------------------------------------------------
+
+
+def test_adapter_forecast_crops_to_whole_patches_and_normalises():
+    model = build()
+    adapter = get_adapter(model)
+    assert adapter.native_horizon(model) == 8 and adapter.max_context(model) == 64 * 4
+    past = torch.randn(3, 18, 2) * 5 + 7  # 18 steps: the first 2 are dropped (whole patches of 4 at the end)
+    result = adapter.predict(model, past)
+    assert result.mean.shape == (3, 8, 2)
+    series = past[:, 2:, 1]
+    mean, std = series.mean(1, keepdim=True), series.std(1, keepdim=True)
+    with torch.no_grad():
+        direct = model(input_ids=(series - mean) / std, max_output_length=8, use_cache=False).logits * std + mean
+    torch.testing.assert_close(result.mean[..., 1], direct, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(adapter.predict(model, torch.ones(1, 16, 1)).mean).all()  # a constant series
+    with pytest.raises(ValueError, match="input_token_len=4"):
+        adapter.predict(model, torch.randn(1, 3, 1))
+
+
+def test_training_inputs_give_the_next_patch_loss():
+    model = build()
+    train = Windows(4, 16, 1, 0)
+    batch = ForecastCollator(model)([train[i] for i in range(4)])
+    assert batch["input_ids"].shape == (4, 16) and batch["labels"].shape == (4, 12 + 8)
+    series = torch.cat([train.x[:, :16], train.x[:, 16:24]], dim=1)
+    mean, std = series[:, :16].mean(1, keepdim=True), series[:, :16].std(1, keepdim=True)
+    torch.testing.assert_close(batch["labels"], ((series - mean) / std)[:, 4:])
+    loss = model(**batch).loss
+    with torch.no_grad():  # by hand: every patch's forecast of each head against the values after it
+        hidden = model.model(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+        total = 0
+        for head, length in zip(model.lm_heads, (4, 8)):
+            targets = batch["labels"][:, : 12 + length].unfold(-1, length, 4)
+            total = total + ((head(hidden) - targets) ** 2).mean()
+    torch.testing.assert_close(loss, total / 2)
+
+
+# -- prune, shrink, finetune, save, reload ------------------------------------------------------------------------
+
+LOAD_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    mode, folder, inputs, result = sys.argv[1:5]
+    if mode == "remote":
+        class BlockHfTsprune(importlib.abc.MetaPathFinder):
+            def find_spec(self, fullname, path=None, target=None):
+                if fullname.split(".")[0] == "hf_tsprune":
+                    raise ImportError("hf_tsprune is not installed in this process")
+
+        sys.meta_path.insert(0, BlockHfTsprune())
+    else:
+        import hf_tsprune  # noqa: F401
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForTimeSeriesPrediction
+
+    model, info = AutoModelForTimeSeriesPrediction.from_pretrained(
+        folder, trust_remote_code=mode == "remote", output_loading_info=True
+    )
+    with torch.no_grad():
+        logits = model.eval()(input_ids=load_file(inputs)["input_ids"], use_cache=False, max_output_length=8).logits
+    save_file({"logits": logits.contiguous()}, result)
+    report = {"info": {k: sorted(map(str, v)) for k, v in info.items()}, "module": type(model).__module__,
+              "hf_tsprune_imported": "hf_tsprune" in sys.modules}
+    print("REPORT" + json.dumps(report))
+    """
+)
+
+
+def load_in_fresh_process(folder: Path, inputs: dict, mode: str, tmp_path: Path) -> tuple[torch.Tensor, dict]:
+    save_file(inputs, tmp_path / "inputs.safetensors")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
+    env["HF_MODULES_CACHE"] = str(tmp_path / f"modules-{mode}")
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_SCRIPT, mode, str(folder), str(tmp_path / "inputs.safetensors"),
+         str(tmp_path / f"out-{mode}.safetensors")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(tmp_path / f"out-{mode}.safetensors")["logits"], json.loads(proc.stdout.split("REPORT", 1)[1])
+
+
+def test_prune_shrink_finetune_save_and_reload_in_a_fresh_process(tmp_path):
+    """Half the rotary pairs are cut first (the Taylor scores of a random model rarely pick them), then the prune run
+    prunes the shrunk model again (pairs indexed by their original frequencies) before the finetune and the save."""
+    model = build(seed=1, std=0.1)
+    install_masks(model)
+    generator = torch.Generator().manual_seed(0)
+    masks = {k: torch.ones_like(v) for k, v in get_masks(model).items()}
+    for name in [k for k in masks if k.endswith("q_proj")]:  # 2 of the 4 pairs of every head, different per head
+        masks[name] = torch.stack([torch.randperm(4, generator=generator) < 2 for _ in range(4)]).flatten()
+    shrink(model, masks)
+    assert all(layer.self_attn.head_dim == 4 for layer in model.model.layers)
+    plan = check_prune_shrink_finetune(model, Windows(32, 16, 1, 0), Windows(16, 16, 1, 1), tmp_path)
+    files = save_pruned(model, tmp_path / "pruned", base_model="thuml/timer-base-84m", plan=plan)
+    assert "timer_xl.py" in files  # the own model module travels with the checkpoint, verbatim
+    module = ROOT / "hf_tsprune" / "models" / "timer_xl.py"
+    assert (tmp_path / "pruned" / "timer_xl.py").read_bytes() == module.read_bytes()
+    config = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    pairs = [entry.get("rotary_pairs") for entry in config["hf_tsprune_layout"].values() if "v_head_dim" in entry]
+    assert len(pairs) == 2 and all(len(p) == 4 and len(p[0]) == 2 for p in pairs)  # 4 heads, 2 of 4 pairs each
+    assert config["pruning"]["params_after"] == params(model)
+    inputs = {"input_ids": torch.randn(3, 24, generator=torch.Generator().manual_seed(2))}
+    with torch.no_grad():
+        expected = model.eval()(**inputs, use_cache=False, max_output_length=8).logits
+    for mode in ("hf_tsprune", "remote"):
+        logits, report = load_in_fresh_process(tmp_path / "pruned", inputs, mode, tmp_path)
+        assert report["info"] == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        assert report["hf_tsprune_imported"] is (mode == "hf_tsprune")
+        assert report["module"].startswith("transformers_modules." if mode == "remote" else "hf_tsprune.modeling")
+        assert torch.equal(logits, expected), mode
+
+
+# -- recipes ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("timer_task")
+    t = np.arange(900)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "date": pd.date_range("2020-01-01", periods=len(t), freq="h"),
+            "a": np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(len(t)),
+        }
+    )
+    frame.to_csv(folder / "tiny.csv", index=False)
+    build(seed=3, std=None).save_pretrained(folder / "model")
+    return folder
+
+
+def recipe(name: str):
+    """A recipe module, imported from `recipes/` (run in-process: no interpreter start per recipe)."""
+    spec = importlib.util.spec_from_file_location(f"timer_xl_recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipes_run_on_a_timer_xl_folder(task, tmp_path):
+    data = ["--dataset", str(task / "tiny.csv"), "--context_length", "32", "--prediction_length", "8"]
+    training = ["--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--finetune_epochs", "1",
+                "--disable_tqdm", "true", "--use_cpu", "true", *data]  # fmt: skip
+    model = str(task / "model")
+    results = (
+        recipe("prune_finetune")
+        .main(["--model_name_or_path", model, "--output_dir", str(tmp_path / "p"), "--eval_steps", "5", *training])
+        .to_dict()
+    )
+    for stage in ("zero_shot", "pruned", "finetuned"):
+        assert results[stage]["test"]["n_windows"] > 0 and np.isfinite(results[stage]["test"]["mse"])
+    assert results["params_after"] < results["params_before"]
+    assert (tmp_path / "p" / "model" / "timer_xl.py").is_file()
+    pruned = str(tmp_path / "p" / "model")
+    zero_shot = recipe("zero_shot").main(
+        ["--model_name_or_path", pruned, "--output_dir", str(tmp_path / "z"), "--show_progress", "false", *data]
+    )
+    assert zero_shot["test"]["mse"] == pytest.approx(results["finetuned"]["test"]["mse"], rel=1e-4)
+    finetuned = recipe("finetune").main(
+        ["--model_name_or_path", model, "--output_dir", str(tmp_path / "f"), *training]
+    )
+    assert np.isfinite(finetuned.to_dict()["finetuned"]["test"]["mse"])
