@@ -11,6 +11,7 @@ The oracle tests skip when ../shared/oracles is absent.
 import ast
 import copy
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -259,6 +260,15 @@ def test_checkpoints_load_both_ways(oracle, tmp_path):
 
     auto = AutoModelForCausalLM.from_pretrained(tmp_path / "oracle")
     assert type(auto) is TimeMoeForPrediction
+    # as on the Hub: config.json names the remote code, which is not there; without trust_remote_code ours loads
+    config_file = tmp_path / "oracle" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_time_moe.TimeMoeConfig",
+        "AutoModelForCausalLM": "modeling_time_moe.TimeMoeForPrediction",
+    }
+    config_file.write_text(json.dumps(config))
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "oracle")) is TimeMoeForPrediction
 
     ours.save_pretrained(tmp_path / "ours")
     back, info = oracle_model.from_pretrained(tmp_path / "ours", output_loading_info=True)
@@ -331,6 +341,62 @@ def test_rotary_pairs_contract():
         series = torch.randn(2, 40, generator=generator)
         expected = with_zeroed.generate(series, max_new_tokens=20)
         assert rel_err(with_pruned.generate(series, max_new_tokens=20)[:, 40:], expected[:, 40:]) < TOL
+
+
+def test_value_head_dim_contract():
+    model = tiny_model()
+    attention = model.model.layers[1].self_attn
+    d, groups = attention.v_head_dim, attention.num_key_value_groups
+    generator = torch.Generator().manual_seed(4)
+    kept = torch.stack([torch.randperm(d, generator=generator)[:6].sort().values for _ in range(2)])
+    v_rows = torch.cat([g * d + kept[g] for g in range(attention.num_key_value_heads)])
+    o_cols = torch.cat([h * d + kept[h // groups] for h in range(attention.num_heads)])
+    zeroed, pruned = copy.deepcopy(attention), copy.deepcopy(attention)
+    with torch.no_grad():
+        dropped = torch.ones(attention.v_proj.out_features, dtype=torch.bool)
+        dropped[v_rows] = False
+        zeroed.v_proj.weight[dropped] = 0.0
+        zeroed.v_proj.bias[dropped] = 0.0
+        v = torch.nn.Linear(attention.v_proj.in_features, v_rows.numel())
+        v.weight.copy_(attention.v_proj.weight[v_rows])
+        v.bias.copy_(attention.v_proj.bias[v_rows])
+        o = torch.nn.Linear(o_cols.numel(), attention.o_proj.out_features, bias=False)
+        o.weight.copy_(attention.o_proj.weight[:, o_cols])
+        pruned.v_proj, pruned.o_proj, pruned.v_head_dim = v, o, 6
+        hidden = torch.randn(2, 16, TINY["hidden_size"], generator=generator)
+        positions = torch.arange(16).view(1, -1)
+        assert rel_err(pruned(hidden, positions)[0], zeroed(hidden, positions)[0]) < TOL
+
+
+def test_eager_attention_equals_sdpa():
+    model = tiny_model()
+    series, _, _, attention_mask = inputs(2, 24)
+    with torch.no_grad():
+        for mask in (None, attention_mask):
+            sdpa = model(input_ids=series, attention_mask=mask, max_horizon_length=8)
+            eager = model(input_ids=series, attention_mask=mask, max_horizon_length=8, output_attentions=True)
+            assert sdpa.attentions is None and len(eager.attentions) == TINY["num_hidden_layers"]
+            assert eager.attentions[0].shape == (2, TINY["num_attention_heads"], 24, 24)
+            assert torch.allclose(eager.attentions[0].sum(-1), torch.ones(()))
+            assert rel_err(eager.logits, sdpa.logits) < TOL
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    series, labels, _, _ = inputs(2, 24)
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        model = tiny_model().train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        counter = []
+        model.model.layers[0].self_attn.register_forward_pre_hook(lambda *args, counter=counter: counter.append(1))
+        model(input_ids=series, labels=labels).loss.backward()
+        calls.append(len(counter))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert calls == [1, 2], "the checkpointed layer runs again in the backward pass"
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
+    for name, grad in grads[0].items():
+        assert torch.allclose(grads[1][name], grad, atol=1e-7), name
 
 
 def test_cache_steps_equal_one_pass():

@@ -1004,7 +1004,8 @@ class TimeMoeForPrediction(TimeMoePreTrainedModel):
         cache = None
         new_points = sequence
         while sequence.shape[1] < max_length:
-            step_input, position_ids = (new_points, None) if cache is not None else (sequence, None)
+            step_input = new_points if cache is not None else sequence
+            position_ids = None
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
                 position_ids = position_ids[:, -step_input.shape[1] :]
