@@ -23,7 +23,9 @@ at random — and shrinks a copy of the model. It then measures:
 
 Chronos, Chronos-Bolt and TTM use the released layouts written out in `tests/families.py` (chronos-t5-small,
 chronos-bolt-small, TTM r2 512-96), Chronos-2 the 120 M widths of `tests/test_chronos2.py` (context 512), Moirai 1.0-R small/base/large, Moirai-MoE 1.0-R
-small/base and Moirai 2.0-R small the layouts of `tests/test_moirai*.py` (context 512, horizon 96; Moirai-2: 64). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
+small/base and Moirai 2.0-R small the layouts of `tests/test_moirai*.py` (context 512, horizon 96; Moirai-2: 64),
+Timer-XL the `thuml/timer-base-84m` layout (hf_tsprune's own implementation, `hf_tsprune.models.timer_xl`; context of
+8 patches of 96, its one head of 96; half of each kept head's rotary query/key pairs go too). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
 (the logits it samples from), not autoregressive sampling; its training step is the token cross-entropy, Chronos-Bolt's
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
@@ -73,6 +75,22 @@ def released_layout(name: str, filename: str = "families.py", build_released: Ca
     return build_model
 
 
+def timer_xl_base() -> torch.nn.Module:
+    """Timer-XL with the layout of `thuml/timer-base-84m` (8 layers, 8 heads, hidden 1024, intermediate 2048,
+    patches of 96, one output head of 96; `tests/test_timer_xl_family.py`'s `RELEASED`), random weights."""
+    from hf_tsprune.models.timer_xl import TimerConfig, TimerForPrediction
+
+    config = TimerConfig(
+        input_token_len=96, hidden_size=1024, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8,
+        output_token_lens=[96], max_position_embeddings=10000,
+    )  # fmt: skip
+    return TimerForPrediction(config)
+
+
+STEP_CONTEXT = {"timer_xl": 8 * 96}
+"""Context of the training step for families whose limit is no window length (Timer-XL: 10000 patches): that of
+their forecast rows (the spec's example inputs)."""
+
 MOIRAI_FORECAST = {"prediction_length": 96, "context_length": 512, "patch_size": 32}
 """The forecast the Moirai rows time (Moirai-MoE: patches of 16, its only size; Moirai-2: 64 steps in one pass)."""
 
@@ -104,6 +122,7 @@ BUILDERS = {
         "test_moirai2.py",
         lambda m: m.build(m.MOIRAI_2_0_R_SMALL, forecast={"prediction_length": 64, "context_length": 512}),
     ),  # fmt: skip
+    "timer_xl": timer_xl_base,
 }
 """Name -> transformers (config class, model class) names built with their defaults, or a builder function."""
 
@@ -135,7 +154,7 @@ def half_masks(model: torch.nn.Module, seed: int = 0, whole_heads: bool = True) 
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for group in describe_groups(model):
-        if group.group.kind == "attention" and whole_heads:
+        if group.kind == "attention" and whole_heads:  # (rotary query/key pairs: half of them, at random)
             heads = torch.ones(group.num_kv_heads, dtype=torch.bool)
             heads[torch.randperm(group.num_kv_heads, generator=generator)[: group.num_kv_heads // 2]] = False
             masks[group.name] = heads.repeat_interleave(group.head_dim)
@@ -151,7 +170,8 @@ def loss_inputs(model: torch.nn.Module, batch_size: int) -> dict:
     if family_of(model) not in ("timesfm", "timesfm2_5", "patchtst", "patchtsmixer"):  # the collator's inputs
         # (tokenised or masked targets)
         adapter = get_adapter(model)
-        context, horizon = adapter.max_context(model), adapter.native_horizon(model)
+        context = STEP_CONTEXT.get(family_of(model)) or adapter.max_context(model)
+        horizon = adapter.native_horizon(model)
         channels = adapter.num_input_channels(model) or 1
         generator = torch.Generator().manual_seed(0)
         series = torch.randn(batch_size, context + horizon, channels, generator=generator).cumsum(1) + 10

@@ -285,3 +285,25 @@ def test_recipes_run_on_a_timer_xl_folder(task, tmp_path):
         ["--model_name_or_path", model, "--output_dir", str(tmp_path / "f"), *training]
     )
     assert np.isfinite(finetuned.to_dict()["finetuned"]["test"]["mse"])
+
+
+# -- benchmarks/speed.py ------------------------------------------------------------------------------------------
+
+
+def test_speed_row(monkeypatch):
+    """The Timer-XL row of `benchmarks/speed.py` builds the released layout and runs (on a tiny model here): the
+    exact shrink with half the heads, pairs and channels, the interleaved timing and a prune and a finetune step."""
+    spec = importlib.util.spec_from_file_location("timer_xl_benchmark_speed", ROOT / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    with torch.device("meta"):
+        released = speed.BUILDERS["timer_xl"]()
+    assert {k: getattr(released.config, k) for k in RELEASED} == RELEASED
+    assert params(released) == 84_142_080
+    monkeypatch.setitem(speed.BUILDERS, "timer_xl", build)
+    result = speed.benchmark("timer_xl", batch_sizes=(2,), timing={"min_pairs": 2, "max_pairs": 2}, step_batch=0)
+    assert result["family"] == "timer_xl" and result["max_rel_error"] < 1e-5
+    assert result["params_after"] < 0.6 * result["params_before"] and result["pairs_b2"] == 2
+    for kind in ("prune", "finetune"):
+        step = speed.step_worker("timer_xl", kind, batch_size=2, repeats=1, accumulate=1)
+        assert step["seconds"] > 0
