@@ -719,6 +719,14 @@ class SundialModel(SundialPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (`embed_layer`)."""
+        return self.embed_layer
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the patch embedding."""
+        self.embed_layer = value
+
     def forward(
         self,
         input_ids: torch.FloatTensor | None = None,
@@ -830,6 +838,14 @@ class SundialForPrediction(SundialPreTrainedModel):
             config.num_sampling_steps,
         )
         self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (`model.embed_layer`)."""
+        return self.model.embed_layer
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the patch embedding."""
+        self.model.embed_layer = value
 
     def get_decoder(self) -> SundialModel:
         """The decoder (`self.model`)."""

@@ -490,6 +490,14 @@ class TimerModel(TimerPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (`embed_layer`)."""
+        return self.embed_layer
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the patch embedding."""
+        self.embed_layer = value
+
     def forward(
         self,
         input_ids: torch.FloatTensor | None = None,
@@ -598,6 +606,14 @@ class TimerForPrediction(TimerPreTrainedModel):
         )
         self.output_token_len_map = {length: i for i, length in enumerate(config.output_token_lens)}
         self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (`model.embed_layer`)."""
+        return self.model.embed_layer
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the patch embedding."""
+        self.model.embed_layer = value
 
     def get_decoder(self) -> TimerModel:
         """The decoder (`self.model`)."""
