@@ -4,6 +4,7 @@ seeded sampled multi-step forecasts (tiny and released sizes), checkpoint loadin
 contract and the v5 NaN trap."""
 
 import ast
+import json
 import sys
 from pathlib import Path
 
@@ -186,6 +187,15 @@ def test_state_dict_keys_and_checkpoints_both_ways(tmp_path):
     oracle.save_pretrained(tmp_path / "oracle")
     loaded, info = SundialForPrediction.from_pretrained(tmp_path / "oracle", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    # the released config.json names its remote code in `auto_map`: the registered own class is used instead,
+    # without trust_remote_code (and the remote code, absent here, is never looked for)
+    config_file = tmp_path / "oracle" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_sundial.SundialConfig",
+        "AutoModelForCausalLM": "modeling_sundial.SundialForPrediction",
+    }
+    config_file.write_text(json.dumps(config))
     auto = AutoModelForCausalLM.from_pretrained(tmp_path / "oracle")
     assert type(auto) is SundialForPrediction
     for model in (loaded.eval(), auto.eval()):
