@@ -123,7 +123,10 @@ def describe_groups(model: nn.Module, spec: ArchitectureSpec | None = None) -> l
             q, k, v, o = (_linear(module, getattr(group, a), name) for a in "qkvo")
             head_dim = int(getattr(module, group.head_dim_attr))
             v_head_dim = int(getattr(module, "v_head_dim", head_dim))
-            num_kv_heads = v.out_features // v_head_dim if v_head_dim else 0  # 0: a block shrunk to no head
+            if v_head_dim:
+                num_kv_heads = v.out_features // v_head_dim
+            else:  # heads without value channels (`keep_one_head`), or a block shrunk to no head (0)
+                num_kv_heads = k.out_features // head_dim if head_dim else 0
             kv_groups = int(getattr(module, group.kv_groups_attr)) if group.kv_groups_attr else 1
             if (
                 q.out_features != num_kv_heads * kv_groups * head_dim

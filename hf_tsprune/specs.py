@@ -101,7 +101,8 @@ class AttentionGroup:
         keep_empty_blocks (`bool`, *optional*, defaults to `False`):
             Keep a block left with no head in place, with zero-width projections, instead of replacing it by
             `EmptyAttention`: for blocks whose callers read more than a tuple from them (Chronos-2's attention returns
-            a `ModelOutput`); `v_head_dim_forward` (required with it) must support zero heads.
+            a `ModelOutput`); `v_head_dim_forward` or, with `native_v_head_dim`, the module's own forward must
+            support zero heads.
         module_classes (`tuple[str, ...]`, *optional*):
             When given, only modules whose class (or a base class) has one of these names match.
         num_outputs (`int`, *optional*, defaults to 2):
@@ -130,6 +131,13 @@ class AttentionGroup:
             (`scaling`, 1/sqrt of the original head dim) unchanged. The module may not normalise query/key heads
             (an RMS norm over the head dimension changes when channels go). The kept pairs are recorded in the
             layout (`rotary_pairs`).
+        keep_one_head (`bool`, *optional*, defaults to `False`):
+            A block whose every head is pruned keeps its first key/value head (and the query heads reading it) with
+            no value channel left, in place, instead of being replaced: its output is exactly the masked block's
+            (`o_proj` of nothing), and its keys still carry the sequence length, which transformers' key/value cache
+            reads from the layers' key tensors (a layer without heads, or an `EmptyAttention`, would report 0 and
+            break cached generation). Such a block needs no `allow_empty_blocks` (nothing is replaced); its value
+            head dimension is 0 where the spec can change it, else its value channels stay as zero `o_proj` columns.
     """
 
     pattern: str
@@ -150,6 +158,7 @@ class AttentionGroup:
     head_params: tuple[str, ...] = ()
     native_v_head_dim: bool = False
     rotary_pairs_attr: str | None = None
+    keep_one_head: bool = False
 
     kind = "attention"
 
@@ -163,15 +172,19 @@ class AttentionGroup:
             raise ValueError(
                 f"AttentionGroup({self.pattern!r}): `kept_heads_attr` needs a `v_head_dim_forward` that reads it."
             )
-        if self.keep_empty_blocks and self.v_head_dim_forward is None:
+        if self.keep_empty_blocks and not self.changes_v_head_dim:
             raise ValueError(
-                f"AttentionGroup({self.pattern!r}): `keep_empty_blocks` needs a `v_head_dim_forward` that supports "
-                "zero heads."
+                f"AttentionGroup({self.pattern!r}): `keep_empty_blocks` needs a `v_head_dim_forward` (or "
+                "`native_v_head_dim`) that supports zero heads."
             )
         if self.rotary_pairs_attr is not None and (self.kept_heads_attr is not None or self.keep_empty_blocks):
             raise ValueError(
                 f"AttentionGroup({self.pattern!r}): `rotary_pairs_attr` is not supported with `kept_heads_attr` or "
-                "`keep_empty_blocks`."
+                "`keep_empty_blocks` (use `keep_one_head`)."
+            )
+        if self.keep_one_head and (self.keep_empty_blocks or self.kept_heads_attr is not None):
+            raise ValueError(
+                f"AttentionGroup({self.pattern!r}): `keep_one_head` excludes `keep_empty_blocks` and `kept_heads_attr`."
             )
 
     @property

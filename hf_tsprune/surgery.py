@@ -241,6 +241,8 @@ def _plan_group(
     head_alive = per_head.any(dim=1)
     kept_heads = torch.nonzero(head_alive).flatten()
     kept_units = int(mask.sum())
+    if kept_heads.numel() == 0 and heads and group.keep_one_head:
+        kept_heads = torch.zeros(1, dtype=torch.long)  # the first head stays, without value channels
     q, k, v, o = (module.get_submodule(getattr(group, a)) for a in "qkvo")
     qk_params = _params(q) + _params(k) if rotary is not None else 0
     if kept_heads.numel() == 0 and not allow_empty_blocks:
@@ -305,6 +307,8 @@ def _plan_rotary(
     module, group = masked.module, masked.group
     heads, pairs, g = masked.num_kv_heads, masked.head_dim, masked.kv_groups
     per_head = mask.view(heads, pairs)[attention.keep]
+    if attention.units_after == 0:  # heads kept without value channels (`keep_one_head`): their logits serve nothing
+        per_head = torch.zeros_like(per_head)
     kept_units = int(per_head.sum())
     count = max(1, int(per_head.sum(dim=1).max())) if per_head.numel() else 1
     filled = [_fill(alive, count) for alive in per_head]

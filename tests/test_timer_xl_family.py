@@ -307,3 +307,32 @@ def test_speed_row(monkeypatch):
     for kind in ("prune", "finetune"):
         step = speed.step_worker("timer_xl", kind, batch_size=2, repeats=1, accumulate=1)
         assert step["seconds"] > 0
+
+
+def test_a_layer_without_heads_keeps_one_and_cached_generation_works():
+    """Every value channel of layer 0 masked: the layer keeps its first head with no value channel and one zero
+    rotary pair (`keep_one_head`), so its keys still carry the sequence length the key/value cache reports, and
+    cached and uncached rollouts agree; the checkpoint layout rebuilds it, and it prunes again."""
+    model = build()
+    install_masks(model)
+    masks = {k: torch.ones_like(v) for k, v in get_masks(model).items()}
+    masks["model.layers.0.self_attn"][:] = False
+    plan, rel, _ = masked_vs_shrunk(model, masks)  # no allow_empty_blocks needed: nothing is replaced
+    attention = model.model.layers[0].self_attn
+    assert rel < 1e-5 and params(model) == plan.params_after
+    assert (attention.num_heads, attention.v_head_dim, attention.head_dim) == (1, 0, 2)
+    assert attention.o_proj.in_features == 0 and bool((attention.q_proj.weight == 0).all())
+    assert model.config.hf_tsprune_layout["model.layers.0.self_attn"] == {
+        "kind": "attention", "num_kv_heads": 1, "v_head_dim": 0, "rotary_pairs": [[0]]
+    }  # fmt: skip
+    series = torch.randn(2, 24, generator=torch.Generator().manual_seed(4))
+    cached = model.generate(series, max_new_tokens=16, use_cache=True, revin=False)
+    torch.testing.assert_close(cached, model.generate(series, max_new_tokens=16, use_cache=False, revin=False))
+    round_trip(model)
+    install_masks(model)
+    masks = {k: torch.ones_like(v) for k, v in get_masks(model).items()}
+    assert masks["model.layers.0.self_attn"].numel() == 0 and masks["model.layers.0.self_attn.q_proj"].numel() == 1
+    masks["model.layers.1.ffn_layer"][:5] = False
+    plan, rel, _ = masked_vs_shrunk(model, masks)
+    assert rel < 1e-5 and params(model) == plan.params_after
+    round_trip(model)

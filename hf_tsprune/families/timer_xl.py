@@ -116,6 +116,7 @@ TIMER_XL = register_family(
                     kv_groups_attr="num_key_value_groups",
                     native_v_head_dim=True,
                     rotary_pairs_attr="rotary_pairs",
+                    keep_one_head=True,  # a layer without heads would stop the key/value cache's length
                     module_classes=("TimerAttention",),
                 ),
                 MLPGroup(
