@@ -188,7 +188,7 @@ def test_auto_classes_without_remote_code():
     assert type(AutoModelForCausalLM.from_config(config)) is TimeMoeForPrediction
 
 
-# -- equality with the oracle -------------------------------------------------------------------------------------------
+# -- equality with the oracle -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -227,7 +227,7 @@ def test_released_size_equals_oracle(oracle, name):
     compare(reference, ours, *inputs(2, 64), horizons=[64], new_tokens=[100], thorough=False)
 
 
-# -- checkpoints --------------------------------------------------------------------------------------------------------
+# -- checkpoints ------------------------------------------------------------------------------------------------------
 
 
 def assert_clean(info: dict) -> None:
@@ -280,7 +280,7 @@ def test_checkpoints_load_both_ways(oracle, tmp_path):
         assert torch.equal(reloaded.generate(series, max_new_tokens=12), ours.generate(series, max_new_tokens=12))
 
 
-# -- contracts ------------------------------------------------------------------------------------------------------
+# -- contracts --------------------------------------------------------------------------------------------------------
 
 
 def tiny_model(**overrides) -> TimeMoeForPrediction:
@@ -379,6 +379,21 @@ def test_eager_attention_equals_sdpa():
             assert eager.attentions[0].shape == (2, TINY["num_attention_heads"], 24, 24)
             assert torch.allclose(eager.attentions[0].sum(-1), torch.ones(()))
             assert rel_err(eager.logits, sdpa.logits) < TOL
+
+
+def test_fully_masked_rows_attend_uniformly():
+    """Padded points before the first observed one see no key: as released, they average every value (on every
+    SDPA backend; CUDA kernels otherwise differ there)."""
+    attention = tiny_model().model.layers[0].self_attn
+    series, _, _, attention_mask = inputs(2, 16)
+    hidden = torch.randn(2, 16, TINY["hidden_size"])
+    mask = time_moe._attention_mask(attention_mask, 2, 16, 0, torch.float32, torch.device("cpu"))
+    with torch.no_grad():
+        out = attention(hidden, torch.arange(16).view(1, -1), attention_mask=mask)[0]
+        value = attention.v_proj(hidden).view(2, 16, 2, 1, 16).expand(2, 16, 2, 2, 16).reshape(2, 16, 64)
+        expected = attention.o_proj(value.mean(dim=1))
+    assert rel_err(out[0, :4], expected[0].expand(4, -1)) < TOL  # the first 4 points of series 0 are padding
+    assert rel_err(out[0, 4:], expected[0].expand(12, -1)) > 1e-3
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -460,7 +460,8 @@ class TimeMoeAttention(nn.Module):
             hidden_states (`torch.Tensor`): `(batch, seq_len, hidden_size)`.
             position_ids (`torch.LongTensor`): positions of the new tokens, `(batch or 1, seq_len)`.
             attention_mask (`torch.Tensor`, *optional*): `(batch or 1, 1, seq_len, kv_len)`, boolean (True: attend)
-                or additive float; `None`: causal over the new tokens (no cached ones) or a single new token.
+                or additive float (a row with every key at `finfo.min` attends uniformly to all keys, as released);
+                `None`: causal over the new tokens (no cached ones) or a single new token.
             cache ([`~transformers.Cache`], *optional*): key/value cache, updated in place at `layer_idx`.
             output_attentions (`bool`, *optional*, defaults to `False`): return the attention probabilities.
 
@@ -503,6 +504,11 @@ class TimeMoeAttention(nn.Module):
             output = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=self.scaling
             )
+        if attention_mask is not None and attention_mask.is_floating_point():
+            # Query rows whose keys are all masked (padding before the first observed point): the released additive
+            # mask makes them attend uniformly to every key; kernels differ on such rows (CUDA), so set it here.
+            dead = (attention_mask <= torch.finfo(attention_mask.dtype).min).all(dim=-1, keepdim=True)
+            output = torch.where(dead, value.mean(dim=-2, keepdim=True), output)
         output = output.transpose(1, 2).reshape(batch_size, seq_len, self.num_heads * self.v_head_dim)
         return self.o_proj(output), weights
 
