@@ -18,13 +18,15 @@ CONTEXT, HORIZON = 64, 16
 
 
 class SeasonalWindows(Dataset):
-    """Noisy daily-and-weekly seasonal windows with random phases and trends."""
+    """Noisy seasonal windows with random phases and trends: a period of 24 steps plus a half-period harmonic, or
+    (`periods`) a period drawn per window from `periods` (the broad data a foundation model is pretrained on)."""
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, periods: tuple[int, ...] = (24,)):
         g = torch.Generator().manual_seed(seed)
         t = torch.arange(CONTEXT + HORIZON).float()
         phase, trend = torch.rand(n, 1, generator=g) * 6.28, torch.randn(n, 1, generator=g) * 0.01
-        series = torch.sin(2 * torch.pi * t / 24 + phase) + 0.5 * torch.sin(2 * torch.pi * t / 12) + trend * t
+        period = torch.tensor(periods, dtype=torch.float)[torch.randint(len(periods), (n, 1), generator=g)]
+        series = torch.sin(2 * torch.pi * t / period + phase) + 0.5 * torch.sin(4 * torch.pi * t / period) + trend * t
         self.series = (series + 0.1 * torch.randn(n, t.numel(), generator=g)).unsqueeze(-1)
 
     def __len__(self):
@@ -42,18 +44,20 @@ def main():
         ff_dropout=0.0, positional_dropout=0.0, path_dropout=0.0, head_dropout=0.0,
     )  # fmt: skip
     model = PatchTSTForPrediction(config)
+    pretraining = SeasonalWindows(4096, 2, periods=(6, 9, 12, 16, 24, 32, 48))
     train, validation = SeasonalWindows(2048, 0), SeasonalWindows(256, 1)
     common = dict(per_device_train_batch_size=64, label_names=["future_values"], report_to=[], use_cpu=True,
                   save_strategy="no", logging_steps=16, disable_tqdm=os.environ.get("CI") == "true")  # fmt: skip
 
-    # 1. a dense model that knows the task (stands in for a pretrained TSFM)
+    # 1. a dense model pretrained on many periods (stands in for a pretrained TSFM); the task has one
     Trainer(model=model, args=TrainingArguments("runs/quickstart-dense", num_train_epochs=2, learning_rate=3e-3,
-                                                **common), train_dataset=train).train()  # fmt: skip
+                                                **common), train_dataset=pretraining).train()  # fmt: skip
 
     # 2. prune run: masks on, weights frozen, 40% of the channels go in one epoch; best mask set by validation
+    #    (the unpruned model of step 0 included: eval_on_start)
     install_masks(model)
     callback = PruningCallback(PruningConfig(ratio_per_epoch=0.4, ema=0.3))
-    args = TrainingArguments("runs/quickstart-prune", num_train_epochs=1, eval_strategy="steps", eval_steps=8,
+    args = TrainingArguments("runs/quickstart-prune", num_train_epochs=1, eval_strategy="steps", eval_steps=8, eval_on_start=True,
                              max_grad_norm=0.0, **common)  # fmt: skip
     Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation, callbacks=[callback]).train()
     print(

@@ -9,7 +9,7 @@ from hf_tsprune import PruningCallback, PruningConfig, install_masks, shrink
 install_masks(model)  # before the Trainer: masks become parameters, weights are frozen
 trainer = Trainer(
     model=model,
-    args=TrainingArguments("prune-run", num_train_epochs=2, eval_strategy="steps", eval_steps=50,
+    args=TrainingArguments("prune-run", num_train_epochs=2, eval_strategy="steps", eval_steps=50, eval_on_start=True,
                            max_grad_norm=0.0, label_names=["future_values"]),
     train_dataset=train, eval_dataset=validation,
     callbacks=[PruningCallback(PruningConfig(ratio_per_epoch=0.3, ema=0.3))],
@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from .masks import get_masks, masked_groups, set_masks, unwrap
-from .scoring import PruningConfig, TaylorScorer, channels_to_prune_at_step, max_pruned_units
+from .scoring import IMPORTANCE, Importance, PruningConfig, TaylorScorer, channels_to_prune_at_step, max_pruned_units
 from .surgery import make_plan
 
 logger = logging.get_logger(__name__)
@@ -82,13 +82,23 @@ def check_finite_metrics(stage: str, step: int, metrics: dict | None, keys: tupl
             raise _non_finite(stage, step, f"{key} is {value}")
 
 
+def warn_without_eval_on_start(args, state, consequence: str) -> None:
+    """Warns, at the start of a fresh run that evaluates, when `eval_on_start` is off: then `consequence`."""
+    if not args.eval_on_start and not state.global_step and args.eval_strategy != "no":
+        logger.warning(
+            f"hf_tsprune: eval_on_start=False, so {consequence}; set TrainingArguments(eval_on_start=True) to judge "
+            "the starting point on the same validation loss."
+        )
+
+
 class PruningCallback(TrainerCallback):
     """Scores channels with EMA-smoothed Taylor importance and prunes them on schedule during `Trainer.train()`.
 
     - `on_pre_optimizer_step` (the last event at which gradients exist): adds this step's scores `-grad(mask) * mask`
       to the EMA, drops the mask gradients (so the optimizer never moves a mask), zeroes the globally lowest-ranked
       channels due at this step and writes the masks;
-    - `on_evaluate`: records the evaluation metric of the current mask set and keeps the best set;
+    - `on_evaluate`: records the evaluation metric of the current mask set and keeps the best set (with
+      `eval_on_start=True`, the unpruned model of step 0 is a candidate too, and wins ties);
     - `on_train_end`: restores the best mask set into the model;
     - `on_log`: adds `sparsity`, `pruned_channels` and `params` (the parameter count the current masks shrink to).
 
@@ -103,13 +113,23 @@ class PruningCallback(TrainerCallback):
         resume_from_checkpoint (`str`, *optional*): the checkpoint folder `trainer.train(resume_from_checkpoint=...)`
             resumes from; its saved pruning state (EMA scores, masks, best set) is restored. By default the callback
             looks in `output_dir/checkpoint-<step>` when the Trainer resumes.
+        importance (`Callable`, *optional*): a custom channel score, `importance(groups, grads, generator) -> scores`
+            ([`hf_tsprune.scoring.Importance`]); by default the one `config.importance` names.
     """
 
     stage = "prune run"  # named by the error a non-finite loss or gradient raises
 
-    def __init__(self, config: PruningConfig | None = None, resume_from_checkpoint: str | None = None, **kwargs):
+    def __init__(
+        self,
+        config: PruningConfig | None = None,
+        resume_from_checkpoint: str | None = None,
+        importance: Importance | None = None,
+        **kwargs,
+    ):
         self.config = config if config is not None else PruningConfig(**kwargs)
         self.resume_from_checkpoint = resume_from_checkpoint
+        self.importance = importance if importance is not None else IMPORTANCE[self.config.importance]
+        self.generator = torch.Generator().manual_seed(self.config.seed)
         self.scorer: TaylorScorer | None = None
         self.steps_per_epoch = 1
         self.epoch_start_alive = 0
@@ -133,6 +153,7 @@ class PruningCallback(TrainerCallback):
                 f"max_grad_norm={args.max_grad_norm} clips the mask gradients before they are scored, which rescales "
                 "the Taylor scores between steps; set max_grad_norm=0 for the prune run."
             )
+        warn_without_eval_on_start(args, state, "the unpruned model (step 0) is not a candidate mask set")
         folder = self.resume_from_checkpoint or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         resumed = os.path.join(folder, STATE_FILE)
         if state.global_step > 0 and os.path.isfile(resumed):
@@ -160,7 +181,7 @@ class PruningCallback(TrainerCallback):
         check_finite_gradients(self.stage, state.global_step + 1, {g.name: g.mask.grad for g in groups})
         if not self.finished:
             grads = [g.mask.grad if g.mask.grad is not None else torch.zeros_like(g.mask) for g in groups]
-            self.scorer.update(grads, [g.mask for g in groups])
+            self.scorer.update_scores(self.importance(groups, grads, self.generator))
         for g in groups:
             g.mask.grad = None  # masks change only by pruning: the optimizer skips parameters without gradient
         if self.finished:
@@ -203,6 +224,8 @@ class PruningCallback(TrainerCallback):
         value = float(metrics[key])
         entry = {"step": state.global_step, "sparsity": self.scorer.sparsity, key: value}
         self.history.append(entry)
+        if self.scorer.sparsity < self.config.min_sparsity - 1e-9:
+            return  # below min_sparsity: recorded, not a candidate
         better = self.best_metric is None or (
             value > self.best_metric if self.config.greater_is_better else value < self.best_metric
         )
@@ -231,6 +254,11 @@ class PruningCallback(TrainerCallback):
             torch.save(self.state_dict(), os.path.join(folder, STATE_FILE))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.best_masks is None and self.history:
+            logger.warning(
+                f"hf_tsprune: no evaluated mask set reached min_sparsity={self.config.min_sparsity}; the model keeps "
+                f"the last masks (sparsity {self.scorer.sparsity:.3f}). Train more epochs or raise ratio_per_epoch."
+            )
         if self.best_masks is not None:
             set_masks(model, self.best_masks)
             for alive, name in zip(self.scorer.alive, [g.name for g in masked_groups(model)]):
@@ -257,6 +285,7 @@ class PruningCallback(TrainerCallback):
             "best": (self.best_metric, self.best_step, self.best_sparsity, self.best_masks),
             "history": self.history,
             "config": self.config.to_dict(),
+            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict, groups) -> None:
@@ -273,10 +302,14 @@ class PruningCallback(TrainerCallback):
         self.finished = state["finished"]
         self.best_metric, self.best_step, self.best_sparsity, self.best_masks = state["best"]
         self.history = list(state["history"])
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 class BestWeightsCallback(TrainerCallback):
-    """Keeps the weights of the best evaluation in memory, restores them at the end, and stops early.
+    """Keeps the weights of the best evaluation in memory, restores them at the end, and stops early. With
+    `eval_on_start=True` the starting weights are a candidate (kept on ties), so training never returns a model worse
+    on validation than the one it was given.
 
     A checkpoint-free `load_best_model_at_end` + `EarlyStoppingCallback`: reloading saved checkpoints of a shrunk
     model goes through transformers' save-time weight renaming (e.g. timesfm2_5 `fc1`↔`ff0`), which the Trainer's
@@ -300,6 +333,9 @@ class BestWeightsCallback(TrainerCallback):
         self.best_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_evaluations = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        warn_without_eval_on_start(args, state, "the starting weights are not a candidate for the best weights")
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if not args.fp16:

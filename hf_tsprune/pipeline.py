@@ -14,6 +14,7 @@ longer than `prediction_length` only for TimesFM 1.x). The run's outcome is a [`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -28,7 +29,7 @@ from typing import Any
 import datasets
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
 from .callback import BestWeightsCallback, PruningCallback
@@ -176,6 +177,13 @@ class TaskArguments:
     learning_rate: float = field(default=1e-4, metadata={"help": "Finetune learning rate."})
     finetune_epochs: float | None = field(default=None, metadata={"help": "Finetune epochs (preset)."})
     early_stopping_patience: int = field(default=3)
+    finetune_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the model's dropout during finetuning (false: every dropout probability is 0, the paper's "
+            "setting after pruning; prune_finetune.py's default)."
+        },
+    )
     lora_rank: int = field(default=0, metadata={"help": "Finetune with LoRA of this rank (0 = all weights)."})
     seed: int = field(default=42)
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even if an accelerator is present."})
@@ -209,6 +217,10 @@ class TaskArguments:
 class PruneFinetuneArguments(TaskArguments):
     """Prune-run settings (task, data, finetune and run settings are inherited from `TaskArguments`)."""
 
+    finetune_dropout: bool = field(
+        default=False,
+        metadata={"help": "Keep the model's dropout while finetuning the pruned model (the paper turns it off)."},
+    )
     ratio_per_epoch: float = field(default=0.3, metadata={"help": "Fraction of alive channels pruned per epoch."})
     ema: float = field(default=0.3, metadata={"help": "EMA weight of the newest Taylor scores, in (0, 1]."})
     max_sparsity: float = field(default=0.9, metadata={"help": "Stop pruning at this fraction of channels."})
@@ -216,6 +228,17 @@ class PruneFinetuneArguments(TaskArguments):
     cost_normalized: bool = field(default=False, metadata={"help": "Rank channels by score per parameter removed."})
     round_to: int = field(default=1, metadata={"help": "Keep feed-forward widths a multiple of this."})
     min_units_per_group: int = field(default=1, metadata={"help": "Channels each group keeps at least."})
+    importance: str = field(
+        default="taylor",
+        metadata={"help": "Channel score: taylor (the paper's), magnitude (weight norm) or random (chance baseline)."},
+    )
+    min_sparsity: float = field(
+        default=0.0,
+        metadata={
+            "help": "Mask sets below this sparsity are not candidates for the best one (0: the unpruned model is one, "
+            "so pruning is kept only where it lowers the validation loss)."
+        },
+    )
     grid: str | None = field(
         default=None,
         metadata={
@@ -251,6 +274,7 @@ class PruneFinetuneArguments(TaskArguments):
         return PruningConfig(
             ratio_per_epoch=self.ratio_per_epoch, ema=self.ema, max_sparsity=self.max_sparsity,
             cost_normalized=self.cost_normalized, round_to=self.round_to, min_units_per_group=self.min_units_per_group,
+            importance=self.importance, seed=self.seed, min_sparsity=self.min_sparsity,
         )  # fmt: skip
 
 
@@ -605,8 +629,16 @@ def few_windows_warnings(
     return warnings
 
 
-def prune_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments, output_dir: str) -> PruneResult:
-    """Prune run: masks on, weights frozen, dropout off; keeps the best-validation mask set; then shrinks.
+def prune_stage(
+    model: nn.Module,
+    data: TaskData,
+    args: PruneFinetuneArguments,
+    output_dir: str,
+    callbacks: list[TrainerCallback] | None = None,
+) -> PruneResult:
+    """Prune run: masks on, weights frozen, dropout off; keeps the best-validation mask set, the unpruned model
+    (step 0, evaluated before the first step) included, so a run where every removal hurts validation keeps every
+    channel; then shrinks.
 
     Shrinking happens after `train()` returns, on the unwrapped model (never inside the running Trainer).
 
@@ -616,6 +648,8 @@ def prune_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments, 
         args ([`PruneFinetuneArguments`]): The run's settings (`pruning_config()`, `prune_epochs`, `round_to`,
             `resume_from_checkpoint` and the shared trainer settings).
         output_dir (`str`): Folder of the prune run's checkpoints.
+        callbacks (`list[TrainerCallback]`, *optional*): More callbacks of the prune run's Trainer, called after the
+            `PruningCallback` (e.g. to record the masks on the way; `benchmarks/accuracy.py`'s controls).
     """
     install_masks(model)
     callback = PruningCallback(args.pruning_config(), resume_from_checkpoint=args.resume_from_checkpoint)
@@ -627,6 +661,7 @@ def prune_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments, 
         max_grad_norm=0.0,  # clipping would rescale the mask gradients, hence the Taylor scores
         learning_rate=1e-3,  # only masks are trainable, and their gradients are dropped after scoring
         weight_decay=0.0,
+        eval_on_start=True,  # the unpruned model (step 0) is a candidate mask set: pruning never beats it by default
     )  # fmt: skip
     trainer = Trainer(
         model=model,
@@ -634,7 +669,7 @@ def prune_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments, 
         train_dataset=data.train,
         eval_dataset=data.validation,
         data_collator=ForecastCollator(model, data.freq_index),
-        callbacks=[callback],
+        callbacks=[callback, *(callbacks or [])],
     )
     steps_per_epoch = math.ceil(
         len(data.train)
@@ -785,12 +820,15 @@ def finetune_stage(
     model: nn.Module, data: TaskData, args: TaskArguments, output_dir: str
 ) -> tuple[nn.Module, FinetuneResult]:
     """Finetunes with a fresh Trainer and early stopping on validation loss; LoRA (merged afterwards) if `lora_rank`.
+    The starting weights are evaluated before the first step and are a candidate for the best weights, so a finetune
+    that only makes validation worse returns the model it was given.
 
     Args:
         model (`nn.Module`): The model to finetune (all its weights are made trainable).
         data ([`TaskData`]): Train and validation windows.
         args ([`TaskArguments`]): The run's settings (`learning_rate`, `finetune_epochs`, `early_stopping_patience`,
-            `lora_rank` and the shared trainer settings); no weight decay, LoRA alpha twice the rank.
+            `lora_rank`, `finetune_dropout` and the shared trainer settings); no weight decay, LoRA alpha twice the
+            rank.
         output_dir (`str`): The finetune's folder (nothing is saved there: the best weights are kept in memory).
 
     Returns:
@@ -813,6 +851,7 @@ def finetune_stage(
         weight_decay=0.0,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
+        eval_on_start=True,  # the starting weights are a candidate for the best weights
     )  # fmt: skip
     trainer = Trainer(
         model=trained,
@@ -822,7 +861,8 @@ def finetune_stage(
         data_collator=ForecastCollator(trained, data.freq_index),
         callbacks=[best_weights],
     )
-    trainer.train()
+    with contextlib.nullcontext() if args.finetune_dropout else dropout_disabled(trained):
+        trainer.train()
     best = best_weights.best_metric
     if args.lora_rank:
         model = trained.merge_and_unload()

@@ -7,6 +7,11 @@ The paper's method ("Less is More", arXiv 2505.23195):
 - smooth the scores across steps with an EMA, `ŝ ← α·s + (1−α)·ŝ` (α = `ema`; the first step sets `ŝ = s`);
 - at every step zero the globally lowest-scored channels still alive, with one threshold across all masks.
 
+The importance is pluggable (`PruningConfig.importance`, or any callable of the same signature passed to
+`PruningCallback(importance=...)`): `"taylor"` (the paper's), `"magnitude"` (the L2 norm of the weights a channel
+removes, data-free) and `"random"` (seeded uniform scores: the chance baseline the Taylor scores must beat); the EMA and
+the global selection apply to all three (`ema=1.0` turns the smoothing off).
+
 Two additions beyond the paper: `cost_normalized` ranks channels by score per parameter the channel would remove (the
 paper's threshold counts channels, so a wide FFN channel and a narrow head channel count the same), and `round_to`
 keeps every feed-forward width a multiple of N (channels go in blocks of N, the block's score being the mean of its
@@ -16,6 +21,7 @@ channels'), which keeps matmul shapes friendly to fast kernels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -41,6 +47,16 @@ class PruningConfig:
         min_units_per_group (`int`, defaults to 1):
             Channels each group keeps at least (1 keeps at least one head per attention layer). 0 lets a whole block
             go; `shrink` then needs `allow_empty_blocks=True` to replace it by its exact constant equivalent.
+        importance (`str`, defaults to `"taylor"`):
+            Channel score of each optimizer step: `"taylor"` (`-grad(mask) * mask`, the paper's), `"magnitude"` (L2
+            norm of the weights the channel removes; ignores the data) or `"random"` (uniform scores from a generator
+            seeded with `seed`: the chance baseline). See [`IMPORTANCE`].
+        seed (`int`, defaults to 0):
+            Seed of the `"random"` importance's generator (the same on every process, so ranks agree).
+        min_sparsity (`float`, defaults to 0.0):
+            Mask sets below this sparsity are not candidates for the best one. At 0 the unpruned model (step 0,
+            evaluated with `TrainingArguments(eval_on_start=True)`) is a candidate, so pruning is kept only where it
+            lowers the validation metric; set e.g. 0.3 for a model at least 30% smaller whatever validation says.
         metric_for_best_mask (`str`, defaults to `"eval_loss"`):
             Evaluation metric that picks the best mask set (lower is better unless `greater_is_better`).
         greater_is_better (`bool`, defaults to `False`):
@@ -53,6 +69,9 @@ class PruningConfig:
     cost_normalized: bool = False
     round_to: int = 1
     min_units_per_group: int = 1
+    importance: str = "taylor"
+    seed: int = 0
+    min_sparsity: float = 0.0
     metric_for_best_mask: str = "eval_loss"
     greater_is_better: bool = False
 
@@ -70,6 +89,13 @@ class PruningConfig:
             raise ValueError(f"round_to={self.round_to} must be a positive integer (1 disables rounding).")
         if self.min_units_per_group < 0:
             raise ValueError(f"min_units_per_group={self.min_units_per_group} must be >= 0.")
+        if self.importance not in IMPORTANCE:
+            raise ValueError(f"importance={self.importance!r} is not one of {sorted(IMPORTANCE)}.")
+        if not 0.0 <= self.min_sparsity <= self.max_sparsity:
+            raise ValueError(
+                f"min_sparsity={self.min_sparsity} must lie in [0, max_sparsity={self.max_sparsity}]: mask sets below "
+                "it are not candidates for the best one, so the run must be able to reach it."
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +104,73 @@ class PruningConfig:
 def taylor_scores(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """First-order Taylor importance of each channel: `-grad * mask` (0 for pruned channels)."""
     return -(grad.detach().float() * mask.detach().float())
+
+
+# -- importance: per optimizer step, one score per unit of every masked group (higher = more important) ------------
+
+Importance = Callable[[Sequence, Sequence[torch.Tensor], torch.Generator], list[torch.Tensor]]
+"""`importance(groups, grads, generator) -> scores`: `groups` are the installed `hf_tsprune.masks.MaskedGroup`s,
+`grads` their masks' gradients of this optimizer step (zeros where a mask got none), `generator` a CPU generator
+seeded with `PruningConfig.seed`; returns one float tensor of `group.num_units` scores per group (CPU)."""
+
+
+def taylor_importance(
+    groups: Sequence, grads: Sequence[torch.Tensor], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """The paper's first-order Taylor importance of each channel, `-grad(mask) * mask` ([`taylor_scores`])."""
+    return [taylor_scores(grad, g.mask).cpu() for g, grad in zip(groups, grads)]
+
+
+def _squared_row_norms(layer: torch.nn.Linear) -> torch.Tensor:
+    norms = layer.weight.detach().float().pow(2).sum(1)
+    return norms + layer.bias.detach().float().pow(2) if layer.bias is not None else norms
+
+
+@torch.no_grad()
+def magnitude_importance(
+    groups: Sequence, grads: Sequence[torch.Tensor], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Weight magnitude of each channel: the L2 norm of every weight (and bias) it removes, data-free.
+
+    A feed-forward channel removes its producers' rows and its consumer's column; a value channel its `v_proj` row
+    and the `o_proj` column of every query head reading it; a rotary pair (`part == "rotary"`) the two `q_proj` rows
+    of each query head of its group and the two `k_proj` rows.
+    """
+    from .specs import MLPGroup
+
+    scores = []
+    for g in groups:
+        part = getattr(g, "part", None)
+        if isinstance(g.group, MLPGroup):
+            squared = sum(_squared_row_norms(g.module.get_submodule(p)) for p in g.group.producers)
+            squared = squared + g.consumer.weight.detach().float().pow(2).sum(0)
+        elif part == "rotary":
+            q, k = g.module.get_submodule(g.group.q), g.module.get_submodule(g.group.k)
+            pairs = g.head_dim
+            q_rows = _squared_row_norms(q).view(g.num_kv_heads, g.kv_groups, 2, pairs).sum((1, 2))
+            k_rows = _squared_row_norms(k).view(g.num_kv_heads, 2, pairs).sum(1)
+            squared = (q_rows + k_rows).reshape(-1)
+        else:
+            o_columns = g.consumer.weight.detach().float().pow(2).sum(0)
+            o_columns = o_columns.view(g.num_kv_heads, g.kv_groups, -1).sum(1).reshape(-1)
+            squared = _squared_row_norms(g.module.get_submodule(g.group.v)) + o_columns
+        scores.append((squared.sqrt() * g.mask.detach().float()).cpu())
+    return scores
+
+
+def random_importance(
+    groups: Sequence, grads: Sequence[torch.Tensor], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Uniform random scores in [0, 1) from `generator`: random masks, the baseline the other scores must beat."""
+    return [torch.rand(g.num_units, generator=generator) for g in groups]
+
+
+IMPORTANCE: dict[str, Importance] = {
+    "taylor": taylor_importance,
+    "magnitude": magnitude_importance,
+    "random": random_importance,
+}
+"""The importance functions `PruningConfig.importance` names."""
 
 
 def ema_update(previous: torch.Tensor | None, scores: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -245,9 +338,12 @@ class TaylorScorer:
 
     def update(self, grads: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
         """Adds one optimizer step's Taylor scores to the EMA."""
-        for i, (grad, mask) in enumerate(zip(grads, masks)):
-            step_scores = taylor_scores(grad, mask).cpu()
-            self.ema_scores[i] = ema_update(self.ema_scores[i], step_scores, self.config.ema)
+        self.update_scores([taylor_scores(grad, mask).cpu() for grad, mask in zip(grads, masks)])
+
+    def update_scores(self, step_scores: list[torch.Tensor]) -> None:
+        """Adds one optimizer step's scores (any importance, one tensor per group) to the EMA."""
+        for i, scores in enumerate(step_scores):
+            self.ema_scores[i] = ema_update(self.ema_scores[i], scores.detach().float().cpu(), self.config.ema)
 
     def prune(self, num_to_prune: int) -> int:
         """Marks the `num_to_prune` lowest-ranked alive units as pruned; returns how many went."""

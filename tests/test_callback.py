@@ -166,3 +166,84 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert torch.equal(rank0["masks"][name], mask)
     assert rank0["best_step"] == rank1["best_step"] == single["best_step"]
     assert 0 < sum(int((~m).sum()) for m in single["masks"].values())
+
+
+def fitted_model(epochs: int = 4) -> PatchTSTForPrediction:
+    """The tiny PatchTST trained on the sine windows, so that removing its channels costs validation loss."""
+    model = tiny_model()
+    args = TrainingArguments("unused", num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=3e-3,
+                             label_names=["future_values"], report_to=[], save_strategy="no", use_cpu=True,
+                             disable_tqdm=True)  # fmt: skip
+    Trainer(model=model, args=args, train_dataset=SineWindows(800, 2)).train()
+    return model
+
+
+def test_unpruned_model_is_a_candidate_and_kept_when_every_removal_hurts(tmp_path, caplog):
+    model = fitted_model()
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    install_masks(model)
+    callback, spy = PruningCallback(PruningConfig(ratio_per_epoch=0.5, ema=0.5)), MaskSpy()
+    args = TrainingArguments(
+        str(tmp_path), num_train_epochs=1, per_device_train_batch_size=8, eval_strategy="steps", eval_steps=10,
+        eval_on_start=True, max_grad_norm=0.0, label_names=["future_values"], report_to=[], save_strategy="no",
+        use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=SineWindows(400, 0), eval_dataset=SineWindows(64, 1),
+                      callbacks=[callback, spy])  # fmt: skip
+    trainer.train()
+    first, *later = callback.history
+    assert first["step"] == 0 and first["sparsity"] == 0.0 and len(later) >= 3
+    assert all(entry["eval_loss"] > first["eval_loss"] for entry in later)  # the premise: every removal hurts
+    assert callback.best_step == 0 and callback.best_sparsity == 0.0
+    assert all(bool(mask.all()) for mask in get_masks(model).values())
+    plan = shrink(model)
+    assert plan.params_after == plan.params_before
+    assert all(torch.equal(dense[k], v) for k, v in model.state_dict().items())
+
+    # min_sparsity takes the unpruned model (and every set below it) out of the running
+    model = fitted_model()
+    install_masks(model)
+    callback = PruningCallback(PruningConfig(ratio_per_epoch=0.5, ema=0.5, min_sparsity=0.25))
+    Trainer(model=model, args=args, train_dataset=SineWindows(400, 0), eval_dataset=SineWindows(64, 1),
+            callbacks=[callback]).train()  # fmt: skip
+    assert callback.best_sparsity >= 0.25 and callback.best_step > 0
+    candidates = [h for h in callback.history if h["sparsity"] >= 0.25]
+    assert callback.best_metric == min(h["eval_loss"] for h in candidates)
+
+    # without eval_on_start the run says what it cannot compare against
+    model = tiny_model()
+    install_masks(model)
+    without = TrainingArguments(str(tmp_path), max_steps=2, eval_strategy="steps", eval_steps=1, max_grad_norm=0.0,
+                                label_names=["future_values"], report_to=[], save_strategy="no", use_cpu=True,
+                                disable_tqdm=True)  # fmt: skip
+    with caplog.at_level("WARNING", logger="hf_tsprune.callback"):
+        Trainer(model=model, args=without, train_dataset=SineWindows(32, 0), eval_dataset=SineWindows(16, 1),
+                callbacks=[PruningCallback()]).train()  # fmt: skip
+    assert any("unpruned model (step 0) is not a candidate" in r.getMessage() for r in caplog.records)
+
+
+def test_finetune_that_only_hurts_validation_returns_its_starting_weights(tmp_path):
+    from hf_tsprune.callback import BestWeightsCallback
+
+    model = fitted_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class FlippedWindows(SineWindows):  # training targets of the opposite sign: every step moves away from validation
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            return {"past_values": item["past_values"], "future_values": -item["future_values"]}
+
+    best = BestWeightsCallback("eval_loss")
+    args = TrainingArguments(
+        str(tmp_path), num_train_epochs=1, per_device_train_batch_size=16, eval_strategy="steps", eval_steps=5,
+        eval_on_start=True, learning_rate=3e-3, label_names=["future_values"], report_to=[], save_strategy="no",
+        use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=FlippedWindows(160, 0), eval_dataset=SineWindows(64, 1),
+                      callbacks=[best])  # fmt: skip
+    trainer.train()
+    evaluations = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert evaluations[0]["step"] == 0 and len(evaluations) >= 3
+    assert all(e["eval_loss"] > evaluations[0]["eval_loss"] for e in evaluations[1:])  # the premise
+    assert best.best_step == 0
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())

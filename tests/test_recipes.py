@@ -7,39 +7,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
-from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
 import finetune as finetune_recipe  # noqa: E402
 import prune_finetune  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("task")
-    t = np.arange(1200)
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        {
-            "date": pd.date_range("2020-01-01", periods=len(t), freq="h"),
-            "a": np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(len(t)),
-            "b": np.cos(2 * np.pi * t / 24) + 0.002 * t + 0.1 * rng.standard_normal(len(t)),
-        }
-    )
-    frame.to_csv(folder / "tiny.csv", index=False)
-    torch.manual_seed(0)
-    config = TimesFm2_5Config(
-        patch_length=8, context_length=64, horizon_length=16, num_hidden_layers=2, hidden_size=32,
-        intermediate_size=64, head_dim=8, num_attention_heads=4, num_key_value_heads=4, output_quantile_len=16,
-        max_position_embeddings=64,
-    )  # fmt: skip
-    TimesFm2_5ModelForPrediction(config).save_pretrained(folder / "model")
-    return folder
 
 
 def argv(task, out, *extra):

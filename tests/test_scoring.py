@@ -145,3 +145,42 @@ def test_per_step_budget_stops_at_max_sparsity():
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PruningConfig(**kwargs)
+
+
+def test_importance_functions_score_every_unit():
+    from transformers import PatchTSTConfig, PatchTSTForPrediction
+
+    from hf_tsprune import install_masks
+    from hf_tsprune.scoring import IMPORTANCE, magnitude_importance, random_importance
+
+    torch.manual_seed(0)
+    config = PatchTSTConfig(context_length=32, prediction_length=8, num_input_channels=1, patch_length=8,
+                            patch_stride=8, d_model=16, num_attention_heads=4, num_hidden_layers=1, ffn_dim=32)  # fmt: skip
+    model = PatchTSTForPrediction(config)
+    groups = install_masks(model)
+    grads = [torch.randn(g.num_units) for g in groups]
+    scores = magnitude_importance(groups, grads, torch.Generator())
+    mlp = next(i for i, g in enumerate(groups) if g.group.kind == "mlp")
+    ff = groups[mlp]
+    producer = ff.module.get_submodule(ff.group.producers[0])
+    expected = (
+        producer.weight.pow(2).sum(1) + producer.bias.pow(2) + ff.consumer.weight.pow(2).sum(0)
+    ).sqrt()  # one producer (fc1) row with its bias, one consumer (fc2) column
+    assert torch.allclose(scores[mlp], expected.detach())
+    attention = next(i for i, g in enumerate(groups) if g.group.kind != "mlp")
+    at = groups[attention]
+    v = at.module.get_submodule(at.group.v)
+    expected = (v.weight.pow(2).sum(1) + v.bias.pow(2) + at.consumer.weight.pow(2).sum(0)).sqrt()
+    assert torch.allclose(scores[attention], expected.detach())
+    with torch.no_grad():
+        groups[mlp].mask[:3] = 0
+    assert (magnitude_importance(groups, grads, torch.Generator())[mlp][:3] == 0).all()  # pruned units score 0
+    first = random_importance(groups, grads, torch.Generator().manual_seed(1))
+    again = random_importance(groups, grads, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and first[0].shape == (groups[0].num_units,)
+    taylor = IMPORTANCE["taylor"](groups, grads, torch.Generator())
+    assert torch.equal(taylor[0], -(grads[0] * groups[0].mask.detach()))
+    with pytest.raises(ValueError, match="importance='fisher' is not one of"):
+        PruningConfig(importance="fisher")
+    with pytest.raises(ValueError, match="min_sparsity=0.95 must lie in"):
+        PruningConfig(min_sparsity=0.95)
