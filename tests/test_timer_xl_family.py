@@ -175,16 +175,17 @@ LOAD_SCRIPT = textwrap.dedent(
 
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForTimeSeriesPrediction
+    from transformers import AutoModelForCausalLM, AutoModelForTimeSeriesPrediction
 
     model, info = AutoModelForTimeSeriesPrediction.from_pretrained(
         folder, trust_remote_code=mode == "remote", output_loading_info=True
     )
+    causal_lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=mode == "remote")  # as released
     with torch.no_grad():
         logits = model.eval()(input_ids=load_file(inputs)["input_ids"], use_cache=False, max_output_length=8).logits
     save_file({"logits": logits.contiguous()}, result)
     report = {"info": {k: sorted(map(str, v)) for k, v in info.items()}, "module": type(model).__module__,
-              "hf_tsprune_imported": "hf_tsprune" in sys.modules}
+              "hf_tsprune_imported": "hf_tsprune" in sys.modules, "causal_lm": type(causal_lm).__qualname__ == type(model).__qualname__}
     print("REPORT" + json.dumps(report))
     """
 )
@@ -229,7 +230,7 @@ def test_prune_shrink_finetune_save_and_reload_in_a_fresh_process(tmp_path):
     for mode in ("hf_tsprune", "remote"):
         logits, report = load_in_fresh_process(tmp_path / "pruned", inputs, mode, tmp_path)
         assert report["info"] == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
-        assert report["hf_tsprune_imported"] is (mode == "hf_tsprune")
+        assert report["hf_tsprune_imported"] is (mode == "hf_tsprune") and report["causal_lm"]
         assert report["module"].startswith("transformers_modules." if mode == "remote" else "hf_tsprune.modeling")
         assert torch.equal(logits, expected), mode
 

@@ -136,6 +136,7 @@ TIMER_XL = register_family(
         base_config_class="hf_tsprune.models.timer_xl:TimerConfig",
         base_model_class="hf_tsprune.models.timer_xl:TimerForPrediction",
         model_types=("timer",),
+        extra_auto_classes=("AutoModelForCausalLM",),  # the Auto class the released checkpoint names
         description="Timer-XL (THUML), hf_tsprune's own transformers-5 implementation",
     )
 )
