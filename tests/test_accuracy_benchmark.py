@@ -17,7 +17,8 @@ def test_accuracy_benchmark_writes_the_table_the_few_shot_cells_and_the_controls
     results = accuracy.main([
         "--model_name_or_path", str(task / "model"), "--datasets", str(task / "tiny.csv"), "--horizons", "16",
         "--context_length", "64", "--seeds", "1", "2", "--learning_rates", "1e-3", "--finetune_epochs", "1",
-        "--train_fractions", "0.5", "--control_sparsities", "0.1", "0.3", "--output_dir", str(out),
+        "--train_fractions", "0.5", "--control_sparsities", "0.1", "0.3", "--train_stride", "8", "--validation_stride",
+        "8", "--eval_steps", "2", "--controls_test_every", "2", "--output_dir", str(out),
     ])  # fmt: skip
     saved = json.loads((out / "accuracy.json").read_text())
     assert saved["cells"][0]["horizon"] == 16 and len(saved["cells"][0]["seeds"]) == 2
