@@ -5,7 +5,10 @@ SwiGLU feed-forward blocks.
 Prunable groups: the heads and value channels of every layer's attention (the module reads `v_head_dim` itself), its
 rotary query/key pairs (`rotary_pairs_attr`: the query/key head dimension shrinks by pairs `(i, i + d/2)`, the cos/sin
 tables re-indexed per head, the softmax scale of the full head dimension kept), and the `gate_proj`, `up_proj` ->
-`down_proj` channels of every feed-forward block.
+`down_proj` channels of every feed-forward block. A layer whose heads are all pruned keeps one head without value
+channels (`keep_one_head`), so that cached generation (whose length transformers reads from the layers' keys) still
+works. Pruned checkpoints load through `AutoModelForTimeSeriesPrediction` and, as the released one,
+`AutoModelForCausalLM`; they carry `hf_tsprune/models/timer_xl.py` verbatim for `trust_remote_code=True`.
 
 Forecasting is univariate (channels folded into the batch): the context is cropped to its last whole patches,
 normalised per series by its mean and standard deviation (the released `generate`'s `revin`, with the deviation
