@@ -475,6 +475,38 @@ def test_experts_counted_from_the_modules():
     assert torch.isfinite(out.loss) and torch.isfinite(out.aux_loss) and torch.isfinite(rollout).all()
 
 
+def test_removing_an_unused_expert_with_kept_experts_is_exact():
+    model = tiny_model()
+    series = torch.randn(4, 48, generator=torch.Generator().manual_seed(5))
+    block = model.model.layers[1].ffn_layer
+    router_inputs = []
+    handle = block.register_forward_pre_hook(lambda module, args: router_inputs.append(args[0].reshape(-1, 64)))
+    with torch.no_grad():
+        model(input_ids=series)
+        handle.remove()
+        mean = router_inputs[0].mean(dim=0)
+        block.gate.weight[3] = -0.1 * mean / mean.norm()  # expert 3: no time point of `series` chooses it
+        out = model(input_ids=series, max_horizon_length=8)
+        assert not (out.router_logits[1].softmax(-1).topk(2, dim=-1).indices == 3).any()
+        assert out.router_logits[1].softmax(-1)[:, 3].min() > 0.1  # yet it holds softmax mass
+        keep = [0, 1, 2]
+        exact, cut = copy.deepcopy(model), copy.deepcopy(model)
+        for pruned in (exact, cut):
+            pruned_block = pruned.model.layers[1].ffn_layer
+            pruned_block.experts = torch.nn.ModuleList([pruned_block.experts[i] for i in keep])
+            pruned_block.num_experts = len(keep)
+        exact.model.layers[1].ffn_layer.register_buffer("kept_experts", torch.tensor(keep))
+        cut_block = cut.model.layers[1].ffn_layer
+        router = torch.nn.Linear(64, len(keep), bias=False)
+        router.weight.copy_(cut_block.gate.weight[keep])
+        cut_block.gate = router
+        exact_out = exact(input_ids=series, max_horizon_length=8)
+        cut_out = cut(input_ids=series, max_horizon_length=8)
+    assert torch.equal(exact_out.logits, out.logits)
+    assert torch.equal(exact_out.router_logits[1], cut_out.router_logits[1])
+    assert rel_err(cut_out.logits, out.logits) > 1e-3  # cut router rows: the softmax denominator changed
+
+
 def test_module_imports_only_stdlib_torch_transformers():
     tree = ast.parse(Path(time_moe.__file__).read_text())
     roots = set()

@@ -367,6 +367,12 @@ class TimeMoeSparseExpertsLayer(nn.Module):
     (not renormalised over the top-k, as released) weight the `top_k` selected experts. The number of experts is
     `len(self.experts)`, so experts may be removed with their router rows.
 
+    Removing router rows changes the softmax denominator of every time point, so it changes the routing weights (by
+    the removed experts' probability mass) even where no removed expert was chosen. For an exact removal, keep the
+    router whole and register a buffer `kept_experts` (`torch.LongTensor`, the original indices of `experts`, in
+    order): the softmax then runs over all router rows and the top-k over the kept experts' columns, so outputs are
+    unchanged wherever only kept experts were chosen. The returned router logits are then the kept experts' columns.
+
     Args:
         config ([`TimeMoeConfig`]): the model configuration.
     """
@@ -393,6 +399,10 @@ class TimeMoeSparseExpertsLayer(nn.Module):
         flat = hidden_states.reshape(-1, hidden_dim)
         router_logits = self.gate(flat)
         routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
+        kept = getattr(self, "kept_experts", None)
+        if kept is not None:  # the router keeps the rows of removed experts: see the class docstring
+            kept = kept.to(device=flat.device, dtype=torch.long)
+            routing_weights, router_logits = routing_weights[:, kept], router_logits[:, kept]
         routing_weights, selected = torch.topk(routing_weights, self.top_k, dim=-1)
         if self.norm_topk_prob:
             routing_weights = routing_weights / routing_weights.sum(dim=-1, keepdim=True)
