@@ -12,6 +12,9 @@ import ast
 import copy
 import importlib
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -278,6 +281,45 @@ def test_checkpoints_load_both_ways(oracle, tmp_path):
     reloaded = TimeMoeForPrediction.from_pretrained(tmp_path / "ours").eval()
     with torch.no_grad():
         assert torch.equal(reloaded.generate(series, max_new_tokens=12), ours.generate(series, max_new_tokens=12))
+
+
+REMOTE_CODE_CHECK = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert "hf_tsprune" not in sys.modules, "hf_tsprune was imported"
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+with torch.no_grad():
+    torch.save(model.generate(torch.load(sys.argv[2]), max_new_tokens=12), sys.argv[3])
+"""
+
+
+def test_module_runs_as_remote_code(tmp_path):
+    """The module file alone, beside the weights, loads with transformers and trust_remote_code in a fresh process."""
+    model = tiny_model()
+    folder = tmp_path / "remote"
+    model.save_pretrained(folder)
+    shutil.copy(time_moe.__file__, folder / "time_moe.py")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "time_moe.TimeMoeConfig",
+        "AutoModelForCausalLM": "time_moe.TimeMoeForPrediction",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    series = torch.randn(2, 40)
+    torch.save(series, tmp_path / "series.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
+    script = [
+        sys.executable,
+        "-c",
+        REMOTE_CODE_CHECK,
+        str(folder),
+        str(tmp_path / "series.pt"),
+        str(tmp_path / "out.pt"),
+    ]
+    subprocess.run(script, env=env, check=True, cwd=tmp_path, timeout=300)
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "out.pt"), model.generate(series, max_new_tokens=12))
 
 
 # -- contracts --------------------------------------------------------------------------------------------------------
