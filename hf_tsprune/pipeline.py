@@ -35,6 +35,7 @@ from transformers.utils import logging
 from .callback import BestWeightsCallback, PruningCallback
 from .data import (
     build_window_datasets,
+    drop_flat_context_windows,
     get_window_source,
     last_windows_fraction,
     load_time_series,
@@ -148,6 +149,14 @@ class TaskArguments:
         metadata={
             "help": "Few-shot: train (and prune) on this fraction of the training windows, the last ones of the "
             "train split (TTM's few-shot protocol), e.g. 0.05 or 0.1; validation and test are unchanged."
+        },
+    )
+    min_context_std: float = field(
+        default=1e-3,
+        metadata={
+            "help": "Drop training and validation windows whose context is nearly constant: standard deviation below "
+            "this, in scaled units (per-window normalisation makes their loss explode); 0 keeps every window. Test "
+            "windows are never dropped."
         },
     )
     validation_stride: int | None = field(default=None, metadata={"help": "Step between validation windows (preset)."})
@@ -493,6 +502,16 @@ def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
         "validation": training["validation"],
         "test": test["test"],
     }
+    for split in ("train", "validation"):
+        total = len(splits[split])
+        splits[split], dropped = drop_flat_context_windows(splits[split], args.min_context_std)
+        if dropped:
+            logger.warning(
+                f"Dropped {dropped} of {total} {split} windows whose context is nearly constant (standard deviation "
+                f"below --min_context_std {args.min_context_std:g} of the channel's scale): normalised by their own "
+                "context, their targets would make the loss explode. --min_context_std 0 keeps them; the test "
+                "windows are all scored."
+            )
     for split, dataset in splits.items():
         if len(dataset) == 0:
             steps = args.prediction_length if split == "test" else target_length
@@ -500,7 +519,8 @@ def load_data(args: TaskArguments, model: nn.Module) -> TaskData:
                 f"The {split} split of {collection.source or collection.name} has no window of --context_length "
                 f"{args.context_length} + {steps} target steps: train windows need that many training rows, "
                 f"validation and test windows {steps} rows of their part after {args.context_length} rows of "
-                "context. Lower --context_length or --prediction_length, or use a longer series."
+                "context. Lower --context_length or --prediction_length, or use a longer series (or, if the "
+                "windows were dropped as nearly constant, lower --min_context_std)."
             )
     return TaskData(
         train=splits["train"],

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -214,3 +216,42 @@ def test_train_fraction_trains_on_the_last_windows(task, tmp_path):
     assert result["settings"]["train_fraction"] == 0.25 and np.isfinite(result["finetuned"]["test"]["mse"])
     with pytest.raises(ValueError, match="--train_fraction must be in"):
         prune_finetune.main(argv(task, tmp_path / "bad", "--train_fraction", "1.5"))
+
+
+def test_nearly_constant_contexts_are_dropped_from_training_and_validation(task, tmp_path, caplog):
+    """A pegged series (constant up to 1e-5 noise, then a step): per-window normalisation divides the step by the
+    context's tiny standard deviation, so those windows' loss explodes; the loader drops them (not the test windows)."""
+    from hf_tsprune.data import context_std, drop_flat_context_windows
+    from hf_tsprune.pipeline import PruneFinetuneArguments, load_data, load_model
+    from hf_tsprune.training import ForecastCollator
+
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(rng.standard_normal(1200)) * 0.01
+    pegged = walk.copy()
+    pegged[300:700] = pegged[300] + 1e-5 * rng.standard_normal(400)
+    pegged[700:] += 0.05
+    frame = pd.DataFrame({"date": pd.date_range("2000-01-01", periods=1200, freq="D"), "walk": walk, "pegged": pegged})
+    frame.to_csv(tmp_path / "pegged.csv", index=False)
+    settings = dict(
+        model_name_or_path=str(task / "model"), dataset=str(tmp_path / "pegged.csv"), context_length=64,
+        prediction_length=16, train_stride=1, validation_stride=1, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    model = load_model(settings["model_name_or_path"])
+    kept_all = load_data(PruneFinetuneArguments(**settings, min_context_std=0.0), model)
+    spread = context_std(kept_all.train)
+    direct = [float(np.std(np.asarray(kept_all.train[i]["past_values"]))) for i in range(0, len(kept_all.train), 97)]
+    assert np.allclose(spread[::97], direct, atol=1e-6)
+    flat = np.flatnonzero(spread < 1e-3)
+    assert len(flat) > 20
+    collate = ForecastCollator(model)
+    with torch.no_grad():
+        losses = [float(model(**collate([kept_all.train[int(i)]])).loss) for i in flat[-12:]]
+        ordinary = float(model(**collate([kept_all.train[i] for i in range(0, 40)])).loss)
+    assert max(losses) > 1e4 * ordinary  # the spike: a step after a flat context, divided by its tiny std
+    with caplog.at_level("WARNING", logger="hf_tsprune.pipeline"):
+        dropped = load_data(PruneFinetuneArguments(**settings), model)  # default --min_context_std 1e-3
+    assert len(dropped.train) == len(kept_all.train) - len(flat)
+    assert (context_std(dropped.train) >= 1e-3).all() and len(dropped.test) == len(kept_all.test)
+    assert any(f"Dropped {len(flat)} of {len(kept_all.train)} train windows" in r.getMessage() for r in caplog.records)
+    same, none = drop_flat_context_windows(kept_all.train, 0.0)
+    assert none == 0 and len(same) == len(kept_all.train)

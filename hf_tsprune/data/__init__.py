@@ -45,6 +45,8 @@ from .windows import (
     ForecastingWindows,
     WindowBatches,
     build_window_datasets,
+    context_std,
+    drop_flat_context_windows,
     get_window_source,
     last_windows_fraction,
     load_forecasting_dataset,
@@ -75,6 +77,8 @@ __all__ = [
     "seasonal_period",
     "split_borders",
     "timesfm_frequency_index",
+    "context_std",
+    "drop_flat_context_windows",
     "last_windows_fraction",
     "window_index_arrays",
 ]

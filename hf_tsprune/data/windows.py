@@ -553,6 +553,49 @@ def last_windows_fraction(dataset: datasets.Dataset, fraction: float) -> dataset
     return dataset.select(np.sort(np.concatenate(keep)))
 
 
+def context_std(dataset: datasets.Dataset) -> np.ndarray:
+    """The standard deviation of every item's context (scaled values, missing steps counted as 0): `(n,)` for
+    channel-independent items, `(n, C)` for all-channel items; from prefix sums, without building the windows."""
+    source = get_window_source(dataset)
+    index = window_index_arrays(dataset)
+    rows = source.offsets[index["series_index"]] + index["start"].astype(np.int64)
+    values = source.values.astype(np.float64)
+    zero = np.zeros((1, values.shape[1]))
+    sums = np.concatenate([zero, np.cumsum(values, axis=0)])
+    squares = np.concatenate([zero, np.cumsum(values**2, axis=0)])
+    length = source.context_length
+    if source.channel_independent:
+        channel = index["channel"]
+        mean = (sums[rows + length, channel] - sums[rows, channel]) / length
+        second = (squares[rows + length, channel] - squares[rows, channel]) / length
+    else:
+        mean = (sums[rows + length] - sums[rows]) / length
+        second = (squares[rows + length] - squares[rows]) / length
+    return np.sqrt(np.maximum(second - mean**2, 0.0))
+
+
+def drop_flat_context_windows(dataset: datasets.Dataset, min_std: float) -> tuple[datasets.Dataset, int]:
+    """The items of a split whose context varies: those with a (every, for all-channel items) context standard deviation
+    of at least `min_std`, in scaled units (1 = the channel's spread over the training rows).
+
+    Models that normalise each window by its own context statistics (TimesFM 2.5, Timer-XL, Time-MoE, ...) compute
+    their training loss on targets divided by that standard deviation: a context that is nearly constant (a pegged
+    exchange rate, a sensor stuck for weeks) followed by a step makes the normalised targets, and the loss, explode
+    (a loss of 4e8 against 2.5 for ordinary windows of the same series, with context std 5e-5). Dropping such items
+    from the training and validation windows keeps one window from dominating the gradient and the selection; the
+    test windows are always kept (the protocol scores every one).
+
+    Returns:
+        The kept items and how many were dropped (`min_std <= 0`: the split as it is, 0).
+    """
+    if min_std <= 0 or len(dataset) == 0:
+        return dataset, 0
+    spread = context_std(dataset)
+    keep = spread >= min_std if spread.ndim == 1 else (spread >= min_std).all(axis=1)
+    dropped = int((~keep).sum())
+    return (dataset.select(np.flatnonzero(keep)) if dropped else dataset), dropped
+
+
 def window_index_arrays(dataset: datasets.Dataset) -> dict[str, np.ndarray]:
     """The index columns of a split (`series_index`, `start`, `channel` when channel-independent) as numpy arrays."""
     table = dataset.with_format("arrow")[:]
