@@ -17,9 +17,10 @@ windows), with the library's own stages (`hf_tsprune.pipeline`: `prune_stage`, `
 - **PTF**: that shrunk model finetuned (dropout off, as in the paper) over the same learning rates, epochs, early
   stopping and seeds as FT, chosen the same way.
 
-The default run (ETTh1, the bundled file, horizon 96, context 512, three seeds; training windows every 16 steps,
-validation windows every 32, validation every 25 optimizer steps, 4 finetune epochs with early stopping after 3
-evaluations without improvement) is sized to about 90 minutes on 2 CPU cores. Every choice is made on the validation
+The default run (ETTh1, the bundled file, horizon 96, context 512, three seeds; training windows every 32 steps,
+validation windows every 32, validation every 15 optimizer steps, 2 finetune epochs with early stopping after 3
+evaluations without improvement; the controls score every 8th test window) is sized to about 90 minutes on 2 CPU
+cores. Every choice is made on the validation
 split; the test split is only scored. Headline cells repeat over `--seeds`
 (mean ± std). `--train_fractions` adds few-shot cells (the last fraction of the training windows, TTM's protocol) for
 FT and PTF on the first seed. The controls (`--controls_cell`, default the first cell) prune the model once per
@@ -441,12 +442,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data_dir", default=None, help="folder of the benchmark files (ETTh1 is bundled)")
     parser.add_argument("--context_length", type=int, default=512)
     parser.add_argument("--preset", default="quick", help="the recipes' preset (strides, eval steps, epochs)")
-    parser.add_argument("--finetune_epochs", type=float, default=4.0)
-    parser.add_argument("--train_stride", type=int, default=16, help="steps between training windows")
+    parser.add_argument("--finetune_epochs", type=float, default=2.0)
+    parser.add_argument("--train_stride", type=int, default=32, help="steps between training windows")
     parser.add_argument("--validation_stride", type=int, default=32, help="steps between validation windows")
-    parser.add_argument("--eval_steps", type=int, default=25, help="validation every N optimizer steps")
+    parser.add_argument("--eval_steps", type=int, default=15, help="validation every N optimizer steps")
     parser.add_argument(
-        "--controls_test_every", type=int, default=4, help="the controls score every N-th test window (1: all)"
+        "--controls_test_every", type=int, default=8, help="the controls score every N-th test window (1: all)"
     )
     parser.add_argument("--ratio_per_epoch", type=float, default=0.3)
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[1e-4, 5e-4])
