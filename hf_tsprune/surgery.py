@@ -19,7 +19,8 @@ Exactness rules (masked model == shrunk model):
   keeps a block with no head in place (zero-width projections); its kept heads are recorded in the layout;
 - rotary query/key pairs (`AttentionGroup.rotary_pairs_attr`): a masked pair is removed from the query and key rows of
   its key/value head (all its query heads); every kept head of a layer keeps the largest kept count of pairs, at least
-  one (a layer whose pairs are all masked keeps one zero pair per head: its attention logits are all zero, as masked),
+  one, rounded up so that the head dimension is a multiple of `round_to` (a layer whose pairs are all masked keeps
+  one zero pair per head: its attention logits are all zero, as masked),
   heads with fewer keep masked pairs as exact zero query rows (weight and bias); the rows are laid out as [first
   halves of the kept pairs, second halves], `head_dim` becomes twice the kept pairs, and a persistent buffer holds the
   original pair indices per key/value head (also recorded in the layout, `rotary_pairs`), which the module's forward
@@ -296,14 +297,22 @@ def _plan_group(
     )  # fmt: skip
     if rotary is None:
         return [plan]
-    return [plan, _plan_rotary(plan, rotary[0], rotary[1], qk_params, q, k)]
+    return [plan, _plan_rotary(plan, rotary[0], rotary[1], qk_params, q, k, round_to)]
 
 
 def _plan_rotary(
-    attention: GroupPlan, masked: MaskedGroup, mask: torch.Tensor, qk_params: int, q: nn.Linear, k: nn.Linear
+    attention: GroupPlan,
+    masked: MaskedGroup,
+    mask: torch.Tensor,
+    qk_params: int,
+    q: nn.Linear,
+    k: nn.Linear,
+    round_to: int = 1,
 ) -> GroupPlan:
     """The rotary pairs of an attention block whose kept heads `attention` holds: every kept head keeps the same
-    number of pairs (the largest kept count, at least one), filled with masked ones kept as zero query rows."""
+    number of pairs (the largest kept count, at least one, rounded up so that the query/key head dimension, twice the
+    pairs, is a multiple of `round_to` where the original allows: attention kernels such as FlashAttention want head
+    dimensions that are multiples of 8), filled with masked ones kept as zero query rows."""
     module, group = masked.module, masked.group
     heads, pairs, g = masked.num_kv_heads, masked.head_dim, masked.kv_groups
     per_head = mask.view(heads, pairs)[attention.keep]
@@ -311,6 +320,8 @@ def _plan_rotary(
         per_head = torch.zeros_like(per_head)
     kept_units = int(per_head.sum())
     count = max(1, int(per_head.sum(dim=1).max())) if per_head.numel() else 1
+    pair_multiple = -(-round_to // 2)
+    count = min(pairs, -(-count // pair_multiple) * pair_multiple)
     filled = [_fill(alive, count) for alive in per_head]
     keep_pairs = torch.stack([f[0] for f in filled]) if filled else torch.zeros(0, count, dtype=torch.long)
     zero_pairs = torch.stack([f[1] for f in filled]) if filled else torch.zeros(0, count, dtype=torch.bool)

@@ -313,3 +313,19 @@ def test_time_moe_grouped_query_attention(fraction):
     fresh.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(spec.forecast(fresh.eval(), example), shrunk)
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+def test_round_to_keeps_the_query_key_head_dim_a_multiple(round_to):
+    """`round_to` pads the kept pairs with masked ones (exact zero rows) so the head dim, twice the pairs, is a multiple
+    of it (attention kernels such as FlashAttention want multiples of 8), capped at the original head dim."""
+    model = build(2)
+    install_masks(model)
+    masks = only_pairs(model, 0.7, seed=3)
+    plan = check_shrink(model, masks, round_to=round_to)
+    for layer_index, layer in enumerate(model.model.layers):
+        kept = int(masks[f"model.layers.{layer_index}.self_attn.q_proj"].view(-1, PAIRS).sum(1).max())
+        head_dim = layer.self_attn.head_dim
+        assert head_dim % round_to == 0 and 2 * kept <= head_dim < 2 * kept + round_to
+    assert plan.params_after < plan.params_before
+    round_trip(model, 2)
