@@ -49,7 +49,8 @@ What a run writes (only the main process writes):
 - `<output_dir>/prune_run/checkpoint-N`: the prune run's resumable checkpoints (`--resume_from_checkpoint`), saved at
   every evaluation, i.e. every `--eval_steps` steps, and at its last step (there is no `--save_steps`); the finetune
   keeps its best weights in memory and saves no checkpoint. With `--grid`, each grid point runs in
-  `<output_dir>/grid-<i>`.
+  `<output_dir>/grid-<i>`; grid points that differ only in `learning_rate` share one prune run (in the folder of the
+  first of them).
 
 An `output_dir` holding another run is refused; `--overwrite_output_dir` deletes that run's `results.json`, `model`,
 `prune_run`, `finetune_run` and `grid-<i>` first (other files stay). `--push_to_hub` is checked before any work
@@ -96,6 +97,7 @@ from hf_tsprune.results import FinetunedResult, RunResult, StageResult
 from hf_tsprune.surgery import count_flops
 
 __all__ = [
+    "FINETUNE_GRID_KEYS",
     "GRID_KEYS",
     "GridPointRun",
     "PruneFinetuneArguments",
@@ -106,6 +108,8 @@ __all__ = [
 ]
 
 GRID_KEYS = ("ratio_per_epoch", "ema", "learning_rate", "max_sparsity", "prune_epochs")
+FINETUNE_GRID_KEYS = ("learning_rate",)
+"""Grid keys that change only the finetune: grid points that differ only in them share one prune run."""
 
 
 def _number(text: str, item: str) -> float:
@@ -173,20 +177,37 @@ class GridPointRun:
 
 
 def prune_and_finetune(
-    args: PruneFinetuneArguments, point: dict[str, float], base_model: nn.Module, data: TaskData, folder: str
+    args: PruneFinetuneArguments,
+    point: dict[str, float],
+    base_model: nn.Module,
+    data: TaskData,
+    folder: str,
+    prune_runs: dict | None = None,
 ) -> GridPointRun:
     """One grid point: (expert removal +) prune run + shrink + finetune on a copy of the base model, with `args` at the
-    grid `point`."""
+    grid `point`.
+
+    Args:
+        prune_runs (`dict`, *optional*): Prune runs of earlier grid points, by their prune settings (the point without
+            its [`FINETUNE_GRID_KEYS`]); a point whose prune settings are there finetunes a copy of that shrunk model
+            instead of pruning again, and this point's run is added otherwise.
+    """
     args = grid_point_arguments(args, point)
-    model = copy.deepcopy(base_model)
+    prune_settings = tuple(sorted((k, v) for k, v in point.items() if k not in FINETUNE_GRID_KEYS))
     timer = StageTimer()
-    experts = None
-    if args.expert_threshold is not None:
-        with timer("experts"):
-            experts = expert_stage(model, data, args)
-    with timer("prune"):
-        pruned = prune_stage(model, data, args, os.path.join(folder, "prune_run"))
-    shrunk = copy.deepcopy(model)  # the pruned model before finetuning, for its own test figures
+    if prune_runs is not None and prune_settings in prune_runs:
+        shrunk, pruned, experts = prune_runs[prune_settings]
+    else:
+        shrunk = copy.deepcopy(base_model)
+        experts = None
+        if args.expert_threshold is not None:
+            with timer("experts"):
+                experts = expert_stage(shrunk, data, args)
+        with timer("prune"):
+            pruned = prune_stage(shrunk, data, args, os.path.join(folder, "prune_run"))
+        if prune_runs is not None:
+            prune_runs[prune_settings] = (shrunk, pruned, experts)
+    model = copy.deepcopy(shrunk)  # `shrunk` stays the pruned model before finetuning, for its own test figures
     with timer("finetune"):
         model, finetuned = finetune_stage(model, data, args, os.path.join(folder, "finetune_run"))
     return GridPointRun(point, model, shrunk, pruned, finetuned, timer, experts)
@@ -215,10 +236,10 @@ def main(argv: list[str] | None = None) -> RunResult:
 
     prepare_output_dir(args, state.is_main_process)  # right before the first write: every check has passed
     state.wait_for_everyone()
-    runs = []
+    runs, prune_runs = [], {}
     for index, point in enumerate(grid):
         folder = args.output_dir if len(grid) == 1 else os.path.join(args.output_dir, f"grid-{index}")
-        runs.append(prune_and_finetune(args, point, model, data, folder))
+        runs.append(prune_and_finetune(args, point, model, data, folder, prune_runs))
         for stage, seconds in runs[-1].timer.seconds.items():
             timer.seconds[stage] = round(timer.seconds.get(stage, 0.0) + seconds, 3)
     best = min(runs, key=lambda run: run.validation_loss)

@@ -50,6 +50,19 @@ def test_grid_selects_on_validation(task, tmp_path):
     assert len(losses) == 2 and results["finetuned"]["validation_loss"] == min(losses)
 
 
+def test_learning_rate_grid_shares_one_prune_run(task, tmp_path):
+    out = tmp_path / "lr-grid"
+    results = prune_finetune.main(
+        argv(task, out, "--grid", "learning_rate=1e-3,1e-4", "--finetune_epochs", "1", "--eval_steps", "10")
+    ).to_dict()
+    assert (out / "grid-0" / "prune_run").is_dir() and not (out / "grid-1" / "prune_run").exists()
+    assert [g["point"]["learning_rate"] for g in results["grid"]] == [1e-3, 1e-4]
+    assert results["grid"][0]["sparsity"] == results["grid"][1]["sparsity"]
+    losses = [g["validation_loss"] for g in results["grid"]]
+    assert losses[0] != losses[1] and results["finetuned"]["validation_loss"] == min(losses)
+    assert results["selected_grid_point"]["learning_rate"] == [1e-3, 1e-4][losses.index(min(losses))]
+
+
 def test_finetune_baseline(task, tmp_path):
     results = finetune_recipe.main(argv(task, tmp_path / "ft", "--finetune_epochs", "1")).to_dict()
     assert results["params_after"] == results["params_before"]
