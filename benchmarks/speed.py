@@ -25,7 +25,10 @@ Chronos, Chronos-Bolt and TTM use the released layouts written out in `tests/fam
 chronos-bolt-small, TTM r2 512-96), Chronos-2 the 120 M widths of `tests/test_chronos2.py` (context 512), Moirai 1.0-R small/base/large, Moirai-MoE 1.0-R
 small/base and Moirai 2.0-R small the layouts of `tests/test_moirai*.py` (context 512, horizon 96; Moirai-2: 64),
 Timer-XL the `thuml/timer-base-84m` layout (hf_tsprune's own implementation, `hf_tsprune.models.timer_xl`; context of
-8 patches of 96, its one head of 96; half of each kept head's rotary query/key pairs go too). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
+8 patches of 96, its one head of 96; half of each kept head's rotary query/key pairs go too), Sundial the
+`thuml/sundial-base-128m` layout (`hf_tsprune.models.sundial`; context of 32 patches of 16; its forecast is 2 sampled
+trajectories of 720 values with 50 flow steps, the noise seeded; heads, rotary pairs and feed-forward channels as
+Timer-XL's, the flow head, an optional group, whole). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
 (the logits it samples from), not autoregressive sampling; its training step is the token cross-entropy, Chronos-Bolt's
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
@@ -87,9 +90,22 @@ def timer_xl_base() -> torch.nn.Module:
     return TimerForPrediction(config)
 
 
-STEP_CONTEXT = {"timer_xl": 8 * 96}
-"""Context of the training step for families whose limit is no window length (Timer-XL: 10000 patches): that of
-their forecast rows (the spec's example inputs)."""
+def sundial_base() -> torch.nn.Module:
+    """Sundial with the layout of `thuml/sundial-base-128m` (12 layers, 12 heads, hidden 768, intermediate 3072,
+    patches of 16, a flow head of 3 residual blocks forecasting 720 values with 50 sampling steps;
+    `tests/test_sundial_family.py`'s `RELEASED`), random weights."""
+    from hf_tsprune.models.sundial import SundialConfig, SundialForPrediction
+
+    config = SundialConfig(
+        input_token_len=16, hidden_size=768, intermediate_size=3072, output_token_lens=[720], num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=10000, flow_loss_depth=3, num_sampling_steps=50,
+    )  # fmt: skip
+    return SundialForPrediction(config)
+
+
+STEP_CONTEXT = {"timer_xl": 8 * 96, "sundial": 32 * 16}
+"""Context of the training step for families whose limit is no window length (Timer-XL, Sundial: 10000 patches): that
+of their forecast rows (the spec's example inputs)."""
 
 MOIRAI_FORECAST = {"prediction_length": 96, "context_length": 512, "patch_size": 32}
 """The forecast the Moirai rows time (Moirai-MoE: patches of 16, its only size; Moirai-2: 64 steps in one pass)."""
@@ -123,6 +139,7 @@ BUILDERS = {
         lambda m: m.build(m.MOIRAI_2_0_R_SMALL, forecast={"prediction_length": 64, "context_length": 512}),
     ),  # fmt: skip
     "timer_xl": timer_xl_base,
+    "sundial": sundial_base,
 }
 """Name -> transformers (config class, model class) names built with their defaults, or a builder function."""
 

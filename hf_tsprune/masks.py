@@ -100,10 +100,13 @@ def _row_cost(layer: nn.Linear) -> int:
 
 def describe_groups(model: nn.Module, spec: ArchitectureSpec | None = None) -> list[MaskedGroup]:
     """Lists the coupled channel sets of `model` with unit costs, without installing anything (masks are detached
-    tensors of ones)."""
+    tensors of ones). Optional groups (`MLPGroup.optional`) are left out unless the spec switched them on
+    (`spec.with_optional_groups()`)."""
     spec = spec or get_spec(model)
     groups = []
     for name, group, module in spec.match(model):
+        if getattr(group, "optional", False):
+            continue  # off unless asked for (`ArchitectureSpec.with_optional_groups`)
         if getattr(module, "hf_tsprune_empty", False):
             continue  # an attention block already pruned to nothing (`EmptyAttention`): nothing left to remove
         if isinstance(group, ExpertGroup):

@@ -349,10 +349,11 @@ def _meta_base_model(config, family: Family) -> nn.Module:
 
 def _units_before(config, family: Family) -> dict[str, dict[str, Any]]:
     """Per prunable block of the unpruned architecture: its kind, units and (attention) key/value heads; rotary
-    query/key pairs (kind `"rotary"`) also name their attention block (`owner`)."""
+    query/key pairs (kind `"rotary"`) also name their attention block (`owner`). Optional groups (Sundial's flow
+    head) are listed too, pruned or not."""
     return {
         g.name: {"kind": g.kind, "units": g.num_units, "heads": g.num_kv_heads, "owner": g.owner}
-        for g in describe_groups(_meta_base_model(config, family), family.spec)
+        for g in describe_groups(_meta_base_model(config, family), family.spec.with_optional_groups())
     }
 
 

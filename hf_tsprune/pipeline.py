@@ -263,6 +263,13 @@ class PruneFinetuneArguments(TaskArguments):
             "the top-k per layer. Default: no expert removal."
         },
     )
+    prune_optional_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "Also prune the family's optional groups (Sundial: the hidden channels of its flow-matching "
+            "head's MLPs); off by default. Families without optional groups ignore it."
+        },
+    )
     expert_score: str = field(
         default="usage",
         metadata={
@@ -666,12 +673,15 @@ def prune_stage(
         model (`nn.Module`): The model, pruned and shrunk in place.
         data ([`TaskData`]): Train and validation windows.
         args ([`PruneFinetuneArguments`]): The run's settings (`pruning_config()`, `prune_epochs`, `round_to`,
-            `resume_from_checkpoint` and the shared trainer settings).
+            `prune_optional_groups`, `resume_from_checkpoint` and the shared trainer settings).
         output_dir (`str`): Folder of the prune run's checkpoints.
         callbacks (`list[TrainerCallback]`, *optional*): More callbacks of the prune run's Trainer, called after the
             `PruningCallback` (e.g. to record the masks on the way; `benchmarks/accuracy.py`'s controls).
     """
-    install_masks(model)
+    from .family import get_spec
+
+    spec = get_spec(model)  # with --prune_optional_groups, the spec's optional groups too (Sundial's flow head)
+    install_masks(model, spec.with_optional_groups() if args.prune_optional_groups else spec)
     callback = PruningCallback(args.pruning_config(), resume_from_checkpoint=args.resume_from_checkpoint)
     training_args = stage_training_arguments(
         args, output_dir, model,

@@ -51,6 +51,11 @@ class MLPGroup:
         module_classes (`tuple[str, ...]`, *optional*):
             When given, only modules whose class (or a base class) has one of these names match, e.g. to tell a gated
             feed-forward block from a plain one that carries the same module name (T5's `DenseReluDense`).
+        optional (`bool`, *optional*, defaults to `False`):
+            An optional group (Sundial's flow-matching head): masked and pruned only when asked for, with the spec's
+            [`ArchitectureSpec.with_optional_groups`] (`install_masks(model, spec.with_optional_groups())`, the
+            recipes' `--prune_optional_groups`); its blocks are part of the spec either way, so that checkpoints
+            whose layout shrank them load.
     """
 
     pattern: str
@@ -58,6 +63,7 @@ class MLPGroup:
     consumer: str
     width_attrs: tuple[str, ...] = ()
     module_classes: tuple[str, ...] = ()
+    optional: bool = False
 
     kind = "mlp"
 
@@ -306,6 +312,21 @@ class ArchitectureSpec:
     def blocks(self) -> list[dict]:
         """The groups as a pruned checkpoint's configuration records them (`hf_tsprune_blocks`)."""
         return [group.to_block() for group in self.groups]
+
+    @property
+    def has_optional_groups(self) -> bool:
+        """Whether some group is optional (off unless [`with_optional_groups`] switches it on)."""
+        return any(getattr(group, "optional", False) for group in self.groups)
+
+    def with_optional_groups(self) -> ArchitectureSpec:
+        """The same spec with its optional groups switched on (pruned like the others); the spec itself when it has
+        none."""
+        if not self.has_optional_groups:
+            return self
+        groups = tuple(
+            dataclasses.replace(g, optional=False) if getattr(g, "optional", False) else g for g in self.groups
+        )
+        return dataclasses.replace(self, groups=groups)
 
     def attention_forwards(self) -> tuple[Callable, ...]:
         """The forwards the groups use (`v_head_dim_forward`, `router_forward`), each once."""
