@@ -341,6 +341,8 @@ def test_recipes_run_on_a_sundial_folder(task, tmp_path):
     for stage in ("zero_shot", "pruned", "finetuned"):
         assert results[stage]["test"]["n_windows"] > 0 and np.isfinite(results[stage]["test"]["mse"])
     assert results["params_after"] < results["params_before"]
+    assert set(FLOW_BLOCKS) <= {group["name"] for group in results["plan"]["groups"]}  # the flow head was masked
+    assert results["settings"]["prune_optional_groups"] is True
     pruned = tmp_path / "p" / "model"
     assert (pruned / "sundial.py").is_file()
     zero_shot = recipe("zero_shot").main(
