@@ -28,7 +28,10 @@ Timer-XL the `thuml/timer-base-84m` layout (hf_tsprune's own implementation, `hf
 8 patches of 96, its one head of 96; half of each kept head's rotary query/key pairs go too), Sundial the
 `thuml/sundial-base-128m` layout (`hf_tsprune.models.sundial`; context of 32 patches of 16; its forecast is 2 sampled
 trajectories of 720 values with 50 flow steps, the noise seeded; heads, rotary pairs and feed-forward channels as
-Timer-XL's, the flow head, an optional group, whole). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
+Timer-XL's, the flow head, an optional group, whole), Time-MoE the TimeMoE-50M and -200M layouts of
+`tests/test_time_moe.py` (`hf_tsprune.models.time_moe`; its forecast row is one forward over 512 points with its
+longest head, its training step the multi-horizon Huber loss on 512 + 96 points; half of the heads, rotary pairs and
+SwiGLU channels of every expert, of the shared expert and of the attention go, every expert stays). Chronos' forecast here is one teacher-forced forward over the horizon's tokens
 (the logits it samples from), not autoregressive sampling; its training step is the token cross-entropy, Chronos-Bolt's
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
@@ -78,6 +81,20 @@ def released_layout(name: str, filename: str = "families.py", build_released: Ca
     return build_model
 
 
+def time_moe_released(size: str) -> Callable[[], torch.nn.Module]:
+    """A builder of Time-MoE with the layout of `Maple728/TimeMoE-<size>` (`"50M"`: 12 layers, 12 heads, hidden 384,
+    8 experts of 768 top-2, a shared expert of 1536; `"200M"`: hidden 768, experts of 1536, shared expert of 3072;
+    `tests/test_time_moe.py`'s `RELEASED`), random weights."""
+
+    def build_released(module) -> torch.nn.Module:
+        from hf_tsprune.models.time_moe import TimeMoeConfig, TimeMoeForPrediction
+
+        settings, _ = module.RELEASED[f"TimeMoE-{size}"]
+        return TimeMoeForPrediction(TimeMoeConfig(**settings))
+
+    return released_layout("time_moe", "test_time_moe.py", build_released)
+
+
 def timer_xl_base() -> torch.nn.Module:
     """Timer-XL with the layout of `thuml/timer-base-84m` (8 layers, 8 heads, hidden 1024, intermediate 2048,
     patches of 96, one output head of 96; `tests/test_timer_xl_family.py`'s `RELEASED`), random weights."""
@@ -103,9 +120,13 @@ def sundial_base() -> torch.nn.Module:
     return SundialForPrediction(config)
 
 
-STEP_CONTEXT = {"timer_xl": 8 * 96, "sundial": 32 * 16}
-"""Context of the training step for families whose limit is no window length (Timer-XL, Sundial: 10000 patches): that
-of their forecast rows (the spec's example inputs)."""
+STEP_CONTEXT = {"timer_xl": 8 * 96, "sundial": 32 * 16, "time_moe": 512}
+"""Context of the training step for families whose limit is no window length (Timer-XL, Sundial: 10000 patches;
+Time-MoE: 4096 points): that of their forecast rows (the spec's example inputs)."""
+
+STEP_HORIZON = {"time_moe": 96}
+"""Target of the training step for families whose native horizon is a rollout longer than a task's horizon (Time-MoE's
+adapter rolls out 720 points): the shortest horizon of the long-term benchmarks."""
 
 MOIRAI_FORECAST = {"prediction_length": 96, "context_length": 512, "patch_size": 32}
 """The forecast the Moirai rows time (Moirai-MoE: patches of 16, its only size; Moirai-2: 64 steps in one pass)."""
@@ -140,6 +161,8 @@ BUILDERS = {
     ),  # fmt: skip
     "timer_xl": timer_xl_base,
     "sundial": sundial_base,
+    "time_moe_50m": time_moe_released("50M"),
+    "time_moe_200m": time_moe_released("200M"),
 }
 """Name -> transformers (config class, model class) names built with their defaults, or a builder function."""
 
@@ -188,7 +211,7 @@ def loss_inputs(model: torch.nn.Module, batch_size: int) -> dict:
         # (tokenised or masked targets)
         adapter = get_adapter(model)
         context = STEP_CONTEXT.get(family_of(model)) or adapter.max_context(model)
-        horizon = adapter.native_horizon(model)
+        horizon = STEP_HORIZON.get(family_of(model)) or adapter.native_horizon(model)
         channels = adapter.num_input_channels(model) or 1
         generator = torch.Generator().manual_seed(0)
         series = torch.randn(batch_size, context + horizon, channels, generator=generator).cumsum(1) + 10

@@ -15,6 +15,7 @@ dependencies alone, [`supported_model_classes`] says which families are usable, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import keyword
@@ -109,6 +110,12 @@ class Family:
             With `matches_checkpoint`: `load_dense(name_or_path, *, strict, revision, token, **task_settings)` loads
             such a dense checkpoint (folder or Hub id) into the family's model class, raising a `ValueError` naming
             the flag of a missing or invalid task setting before any weight is read.
+        pruning_settings (`Callable[[nn.Module], contextlib.AbstractContextManager]`, *optional*):
+            Settings of the model's own loss while it is pruned that finetuning does not share: `with
+            family.pruning_settings(model):` holds them and leaving restores the model. The prune stage enters it
+            around the prune run and the expert stage around its scoring (`hf_tsprune.pipeline`; see
+            [`Family.while_pruning`]). Time-MoE: the routers' auxiliary load-balancing loss off while pruning, on
+            again for finetuning, as in the paper. `None`: the loss is the same in every stage.
     """
 
     name: str
@@ -133,7 +140,13 @@ class Family:
     task_settings: tuple[str, ...] = ()
     matches_checkpoint: Callable[[dict], bool] | None = None
     load_dense: Callable[..., nn.Module] | None = None
+    pruning_settings: Callable[[nn.Module], contextlib.AbstractContextManager] | None = None
     _pruned: dict = field(default_factory=dict, repr=False)
+
+    def while_pruning(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """The context a prune run (or an expert scoring pass) of `model` runs in: the family's `pruning_settings`, or
+        nothing to change."""
+        return self.pruning_settings(model) if self.pruning_settings is not None else contextlib.nullcontext()
 
     @property
     def model_classes(self) -> tuple[str, ...]:

@@ -663,8 +663,9 @@ def prune_stage(
     output_dir: str,
     callbacks: list[TrainerCallback] | None = None,
 ) -> PruneResult:
-    """Prune run: masks on, weights frozen, dropout off; keeps the best-validation mask set, the unpruned model
-    (step 0, evaluated before the first step) included, so a run where every removal hurts validation keeps every
+    """Prune run: masks on, weights frozen, dropout off, the family's pruning settings on (`Family.pruning_settings`:
+    Time-MoE's auxiliary load-balancing loss off, as in the paper); keeps the best-validation mask set, the unpruned
+    model (step 0, evaluated before the first step) included, so a run where every removal hurts validation keeps every
     channel; then shrinks.
 
     Shrinking happens after `train()` returns, on the unwrapped model (never inside the running Trainer).
@@ -707,7 +708,10 @@ def prune_stage(
     )
     for warning in few_windows_warnings(len(data.train), len(data.validation), steps_per_epoch, args.ratio_per_epoch):
         logger.warning(warning)
-    with dropout_disabled(model):
+    from .family import get_family
+
+    # the family's loss settings for pruning (Time-MoE: no auxiliary load-balancing loss), restored for finetuning
+    with dropout_disabled(model), get_family(model).while_pruning(model):
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     unwrapped = trainer.model if not hasattr(trainer.model, "module") else trainer.model.module
     plan = shrink(unwrapped, round_to=args.round_to)
@@ -770,13 +774,15 @@ def expert_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments)
     that usage, or (`taylor`) by `hf_tsprune.scoring.ExpertTaylorScorer` over one pass of the train windows (weights
     frozen, the gates' gradient of the family's own loss per batch, EMA `--ema`); removes each layer's experts at or
     below the threshold (`hf_tsprune.scoring.experts_to_keep`: a negative one keeps the top-k, never fewer than top-k)
-    with `hf_tsprune.surgery.remove_experts`.
+    with `hf_tsprune.surgery.remove_experts`. The scoring runs under the family's pruning settings
+    (`Family.pruning_settings`: Time-MoE's auxiliary load-balancing loss off).
 
     Args:
-        model (`nn.Module`): A model whose spec has `ExpertGroup`s (Moirai-MoE).
+        model (`nn.Module`): A model whose spec has `ExpertGroup`s (Moirai-MoE, Time-MoE).
         data ([`TaskData`]): Train and validation windows.
         args ([`PruneFinetuneArguments`]): `expert_threshold`, `expert_score`, `ema`, the batch sizes.
     """
+    from .family import get_family
     from .masks import describe_expert_blocks, install_expert_gates, remove_expert_gates
     from .scoring import ExpertTaylorScorer, count_expert_tokens, expert_usage, experts_to_keep
     from .surgery import remove_experts
@@ -785,7 +791,7 @@ def expert_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments)
     model.eval()
     blocks = {b.name: b for b in describe_expert_blocks(model)}
     batch_size = args.per_device_eval_batch_size
-    with torch.no_grad():
+    with torch.no_grad(), get_family(model).while_pruning(model):
         tokens = count_expert_tokens(
             model, _batches(model, [data.train, data.validation], batch_size, data.freq_index)
         )
@@ -798,11 +804,12 @@ def expert_stage(model: nn.Module, data: TaskData, args: PruneFinetuneArguments)
         scorer = ExpertTaylorScorer(install_expert_gates(model), ema=args.ema)
         try:
             batches = _batches(model, [data.train], args.per_device_train_batch_size, data.freq_index)
-            for batch in batches:
-                outputs = model(**batch)
-                loss = outputs["loss"] if isinstance(outputs, dict) else outputs.loss
-                loss.backward()
-                scorer.step()
+            with get_family(model).while_pruning(model):
+                for batch in batches:
+                    outputs = model(**batch)
+                    loss = outputs["loss"] if isinstance(outputs, dict) else outputs.loss
+                    loss.backward()
+                    scorer.step()
         finally:
             remove_expert_gates(model)
             for param, flag in trainable:

@@ -16,9 +16,10 @@ Three kinds of group exist:
   `native_v_head_dim`), and otherwise stay as exact zero columns of `o_proj`. With `rotary_pairs_attr`, the
   query/key channels are a second set of units: the rotary pairs `(i, i + d/2)` of every key/value head (see
   `AttentionGroup`).
-- `ExpertGroup`: the experts of a mixture-of-experts block, removed whole with their router rows (by routing usage
-  or a Taylor score per expert: `hf_tsprune.scoring`, `hf_tsprune.surgery.remove_experts`); channel masks never
-  cover them (the channels inside each expert are an `MLPGroup`).
+- `ExpertGroup`: the experts of a mixture-of-experts block, removed whole (by routing usage or a Taylor score per
+  expert: `hf_tsprune.scoring`, `hf_tsprune.surgery.remove_experts`) with their router rows, or, for a router whose
+  softmax runs over all its rows (Time-MoE), with the router kept whole and a buffer of the kept experts; channel
+  masks never cover them (the channels inside each expert are an `MLPGroup`).
 
 Residual-stream (model-width) channels are never pruned: every block adds its output to the residual stream, so one
 residual channel couples the embedding, every norm weight and every block's input and output projections at once;
@@ -210,9 +211,19 @@ class ExpertGroup:
     """The experts of a mixture-of-experts block, removed whole (the paper's expert pruning of Time-MoE).
 
     Expert `e` is `experts[e]` (a module; the channels inside each expert are an `MLPGroup` of their own) and row `e`
-    of the router. Removing an expert drops the module and its router row, so that the kept experts' routing logits,
-    hence their top-k choice and weights, are those of the unpruned model wherever the removed experts were not chosen:
-    removing experts that no token was routed to leaves every output exactly unchanged.
+    of the router. Removing an expert drops the module; the kept experts' routing logits stay those of the unpruned
+    model. Whether their top-k choice *and weights* stay too depends on the router, and decides how the spec must
+    describe it:
+
+    - routing weights computed from the top-k logits alone (a softmax over the chosen experts, as Moirai-MoE): cutting
+      the removed experts' router rows (`router`, or `kept_experts_attr` with a `router_forward` for a router outside
+      the block) is exact wherever no removed expert was chosen;
+    - routing weights that are a softmax over *all* router rows (Time-MoE: the probabilities of the chosen experts,
+      not renormalised): cutting rows shrinks the softmax denominator of every token, hence changes every routing
+      weight even where no removed expert was chosen. Such a router is kept whole and the block's own forward takes
+      the top-k over the kept experts' columns only (`kept_experts_attr` with `native_kept_experts`), which is exact.
+
+    With either description, removing experts that no token was routed to leaves every output exactly unchanged.
 
     Args:
         pattern (`str`):
@@ -235,6 +246,10 @@ class ExpertGroup:
             A forward bound as the block's `forward` after a removal (reads `kept_experts_attr`).
         module_classes (`tuple[str, ...]`, *optional*):
             When given, only modules whose class (or a base class) has one of these names match.
+        native_kept_experts (`bool`, *optional*, defaults to `False`):
+            The block's own forward reads the buffer `kept_experts_attr` (the original indices of its kept experts)
+            and routes over those columns of its whole router (hf_tsprune's own models, `hf_tsprune.models`: Time-MoE's
+            softmax-over-all-rows router, see above): no `router_forward` is needed, and the router is not cut.
     """
 
     pattern: str
@@ -245,14 +260,23 @@ class ExpertGroup:
     top_k_attr: str = "top_k"
     router_forward: Callable | None = None
     module_classes: tuple[str, ...] = ()
+    native_kept_experts: bool = False
 
     kind = "experts"
 
     def __post_init__(self):
         if (self.router is None) == (self.kept_experts_attr is None):
             raise ValueError(f"ExpertGroup({self.pattern!r}): give exactly one of `router` and `kept_experts_attr`.")
-        if self.kept_experts_attr is not None and self.router_forward is None:
-            raise ValueError(f"ExpertGroup({self.pattern!r}): `kept_experts_attr` needs a `router_forward`.")
+        if self.kept_experts_attr is not None and self.router_forward is None and not self.native_kept_experts:
+            raise ValueError(
+                f"ExpertGroup({self.pattern!r}): `kept_experts_attr` needs a `router_forward`, or "
+                "`native_kept_experts=True` when the block's own forward reads it."
+            )
+        if self.native_kept_experts and (self.kept_experts_attr is None or self.router_forward is not None):
+            raise ValueError(
+                f"ExpertGroup({self.pattern!r}): `native_kept_experts` needs `kept_experts_attr` and no "
+                "`router_forward` (the block's own forward reads the buffer)."
+            )
 
     def to_block(self) -> dict:
         """The group as the plain dict a pruned checkpoint's configuration records (`hf_tsprune_blocks`)."""

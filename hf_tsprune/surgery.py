@@ -606,8 +606,9 @@ def remove_experts(
     example_inputs: dict | None = None,
 ) -> PruningPlan:
     """Removes whole experts of mixture-of-experts blocks (the spec's `ExpertGroup`s), in place: their modules and
-    router rows go (or, for a router outside the block, the block's kept-experts buffer selects the kept rows), so
-    the kept experts' routing is unchanged; the kept experts (original indices) are recorded in the layout.
+    router rows go (or the block's kept-experts buffer selects the kept rows: for a router outside the block, and for
+    a router kept whole because its softmax runs over all rows, `ExpertGroup.native_kept_experts`), so the kept
+    experts' routing is unchanged; the kept experts (original indices) are recorded in the layout.
 
     Removing experts that no token reached leaves the forecast on those inputs exactly unchanged; removing used ones
     changes it (their tokens are routed to the next experts), so `verify` (on by default) only reports the change:
