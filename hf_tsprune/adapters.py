@@ -23,7 +23,17 @@ from .family import family_of, get_family
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["ForecastAdapter", "ModelForecast", "distribution_forecast", "family_of", "get_adapter"]
+__all__ = [
+    "ForecastAdapter",
+    "ModelForecast",
+    "PatchDecoderAdapter",
+    "distribution_forecast",
+    "family_of",
+    "get_adapter",
+    "model_device",
+    "native_horizon_target",
+    "whole_patches",
+]
 
 
 @dataclass
@@ -47,6 +57,11 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
         return torch.device("cpu"), torch.float32
     dtype = parameter.dtype if parameter.dtype.is_floating_point else torch.float32
     return parameter.device, dtype
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of `model`'s first parameter (the CPU for a model without parameters)."""
+    return _model_device_dtype(model)[0]
 
 
 class ForecastAdapter:
@@ -176,6 +191,60 @@ class ForecastAdapter:
         if forecast.quantiles is not None:
             forecast.quantiles = forecast.quantiles.float()
         return forecast
+
+
+class PatchDecoderAdapter(ForecastAdapter):
+    """Base of the univariate decoders over patches of `config.input_token_len` values (Timer-XL, Sundial): any
+    context up to `max_position_embeddings` patches, not padded to a fixed length."""
+
+    univariate = True
+
+    def max_context(self, model):
+        return int(model.config.max_position_embeddings) * int(model.config.input_token_len)
+
+    def fixed_context(self, model):
+        return False
+
+
+def whole_patches(series: torch.Tensor, patch: int, model_name: str) -> torch.Tensor:
+    """The last whole patches of `(batch, length)` series: a patch decoder drops (or pads) a trailing remainder, and
+    its training labels are indexed by patch; cropping at the front keeps the most recent data.
+
+    Args:
+        series (`torch.Tensor`): `(batch, length)` values.
+        patch (`int`): The model's patch length (`input_token_len`).
+        model_name (`str`): The model's name, for the error message.
+
+    Raises:
+        `ValueError`: the series is shorter than one patch.
+    """
+    length = series.shape[1] // patch * patch
+    if length == 0:
+        raise ValueError(
+            f"{model_name} reads patches of input_token_len={patch} values; the context has {series.shape[1]}. Use "
+            f"--context_length >= {patch}."
+        )
+    return series[:, series.shape[1] - length :]
+
+
+def native_horizon_target(future: torch.Tensor, needed: int, loss_name: str) -> torch.Tensor:
+    """The first `needed` values of `(batch, length)` training targets, for a loss that compares each patch's
+    forecast with the `needed` values after it (the family trains on its native horizon).
+
+    Args:
+        future (`torch.Tensor`): `(batch, length)` target values.
+        needed (`int`): Values the loss reads after every patch.
+        loss_name (`str`): The loss, for the error message (e.g. `"Timer-XL's loss"`).
+
+    Raises:
+        `ValueError`: the targets hold fewer than `needed` values.
+    """
+    if future.shape[1] < needed:
+        raise ValueError(
+            f"{loss_name} compares each patch's forecast with the {needed} values after it; the windows' targets "
+            f"have {future.shape[1]}. Build the training windows with `training_target_length(model, ...)`."
+        )
+    return future[:, :needed]
 
 
 def distribution_forecast(model, outputs, num_samples: int = 100) -> ModelForecast:

@@ -206,6 +206,56 @@ class AttentionGroup:
         return self.keep_empty_blocks or self.kept_heads_attr is not None
 
 
+def contract_attention_group(
+    module_classes: tuple[str, ...] = (),
+    pattern: str = r"model\.layers\.\d+\.self_attn",
+    keep_one_head: bool = True,
+) -> AttentionGroup:
+    r"""The `AttentionGroup` of an attention module that follows the attention contract of hf_tsprune's own models
+    (`hf_tsprune.models`): it holds `num_heads`, `num_key_value_heads`, `num_key_value_groups`, `head_dim`,
+    `v_head_dim` and a fixed `scaling`, reads `v_head_dim` itself (`native_v_head_dim`) and indexes its rotary tables
+    by the `rotary_pairs` buffer (`rotary_pairs_attr`), so heads, value channels and rotary query/key pairs are pruned.
+
+    Args:
+        module_classes (`tuple[str, ...]`, *optional*):
+            Class names of the attention module (e.g. `("TimerAttention",)`); empty matches any module named by
+            `pattern`.
+        pattern (`str`, *optional*, defaults to `r"model\.layers\.\d+\.self_attn"`):
+            Regular expression of the attention modules' names.
+        keep_one_head (`bool`, *optional*, defaults to `True`):
+            A layer whose heads are all pruned keeps one head without value channels (a layer without heads would
+            stop the key/value cache's length, which transformers reads from the layers' keys).
+    """
+    return AttentionGroup(
+        pattern=pattern,
+        num_heads_attrs=("num_heads",),
+        num_kv_heads_attrs=("num_key_value_heads",),
+        kv_groups_attr="num_key_value_groups",
+        native_v_head_dim=True,
+        rotary_pairs_attr="rotary_pairs",
+        keep_one_head=keep_one_head,
+        module_classes=tuple(module_classes),
+    )
+
+
+def swiglu_group(pattern: str, module_classes: tuple[str, ...] = ()) -> MLPGroup:
+    r"""The `MLPGroup` of a SwiGLU feed-forward block: the channels are the output rows of `gate_proj` and `up_proj`
+    and the input columns of `down_proj`.
+
+    Args:
+        pattern (`str`):
+            Regular expression of the blocks' names (e.g. `r"model\.layers\.\d+\.ffn_layer"`).
+        module_classes (`tuple[str, ...]`, *optional*):
+            Class names of the block; empty matches any module named by `pattern`.
+    """
+    return MLPGroup(
+        pattern=pattern,
+        producers=("gate_proj", "up_proj"),
+        consumer="down_proj",
+        module_classes=tuple(module_classes),
+    )
+
+
 @dataclass(frozen=True)
 class ExpertGroup:
     """The experts of a mixture-of-experts block, removed whole (the paper's expert pruning of Time-MoE).

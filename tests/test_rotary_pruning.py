@@ -22,7 +22,7 @@ from hf_tsprune import get_spec, install_masks, make_plan, set_masks, shrink
 from hf_tsprune.checkpoint_code import apply_pruned_layout
 from hf_tsprune.masks import get_masks, masked_groups, remove_masks
 from hf_tsprune.models.timer_xl import TimerConfig, TimerForPrediction
-from hf_tsprune.specs import ArchitectureSpec, AttentionGroup
+from hf_tsprune.specs import ArchitectureSpec, contract_attention_group
 from hf_tsprune.surgery import apply_layout
 
 TINY = dict(
@@ -259,16 +259,7 @@ def time_moe_spec() -> ArchitectureSpec:
     return ArchitectureSpec(
         name="time_moe_attention",
         model_classes=("TimeMoeForPrediction",),
-        groups=(
-            AttentionGroup(
-                pattern=r"model\.layers\.\d+\.self_attn",
-                num_heads_attrs=("num_heads",),
-                num_kv_heads_attrs=("num_key_value_heads",),
-                kv_groups_attr="num_key_value_groups",
-                native_v_head_dim=True,
-                rotary_pairs_attr="rotary_pairs",
-            ),
-        ),
+        groups=(contract_attention_group(keep_one_head=False),),
         example_inputs=example,
         forecast=run,
     )

@@ -43,9 +43,9 @@ import zlib
 import torch
 from torch import nn
 
-from ..adapters import ForecastAdapter, ModelForecast
+from ..adapters import ModelForecast, PatchDecoderAdapter, model_device, native_horizon_target, whole_patches
 from ..family import Family, register_family
-from ..specs import ArchitectureSpec, AttentionGroup, MLPGroup
+from ..specs import ArchitectureSpec, MLPGroup, contract_attention_group, swiglu_group
 from ..training import stack_features, univariate_values
 
 STD_EPS = 1e-5
@@ -55,11 +55,6 @@ FORECAST_SAMPLES = 2
 """Samples drawn by the spec's `forecast` (exactness checks, FLOP counts, `benchmarks/speed.py`)."""
 
 QUANTILE_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-
-
-def _device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -96,21 +91,6 @@ def forecast(model, inputs: dict) -> torch.Tensor:
     return outputs.logits
 
 
-def whole_patches(series: torch.Tensor, patch: int) -> torch.Tensor:
-    """The last whole patches of `(batch, length)` series (the training labels are indexed by patch).
-
-    Raises:
-        `ValueError`: the series is shorter than one patch.
-    """
-    length = series.shape[1] // patch * patch
-    if length == 0:
-        raise ValueError(
-            f"Sundial trains on patches of input_token_len={patch} values; the context has {series.shape[1]}. Use "
-            f"--context_length >= {patch}."
-        )
-    return series[:, series.shape[1] - length :]
-
-
 def normalisation(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-series mean and biased standard deviation plus `STD_EPS` of `(batch, length)` contexts, `(batch, 1)` each
     (the released `generate`'s `revin`; a constant series gets `STD_EPS`, a finite scale)."""
@@ -119,7 +99,7 @@ def normalisation(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-class SundialAdapter(ForecastAdapter):
+class SundialAdapter(PatchDecoderAdapter):
     """Sundial: univariate, any context (left-padded to whole patches by the model), up to `max_position_embeddings`
     patches; one pass samples `num_samples` forecasts of `output_token_lens[-1]` values on the per-series normalised
     context, their mean being the point forecast and their deciles the quantiles.
@@ -129,20 +109,12 @@ class SundialAdapter(ForecastAdapter):
         seed (`int`, *optional*, defaults to 0): Seed of the sampling noise, set afresh for every batch.
     """
 
-    univariate = True
-
     def __init__(self, num_samples: int = 20, seed: int = 0):
         self.num_samples = num_samples
         self.seed = seed
 
     def native_horizon(self, model):
         return int(model.config.output_token_lens[-1])
-
-    def max_context(self, model):
-        return int(model.config.max_position_embeddings) * int(model.config.input_token_len)
-
-    def fixed_context(self, model):
-        return False
 
     def quantile_levels(self, model):
         return list(QUANTILE_LEVELS)
@@ -173,23 +145,17 @@ def training_inputs(model: nn.Module, features: list[dict], freq_index: int) -> 
     shifted by one patch and extended by the target (normalised alike), so that patch `i`'s flow-matching target is
     the `output_token_lens[-1]` values after it; `generator`: the loss's noise source, seeded from the batch."""
     patch = int(model.config.input_token_len)
-    past = whole_patches(univariate_values(stack_features(features, "past_values"), "Sundial"), patch)
+    past = whole_patches(univariate_values(stack_features(features, "past_values"), "Sundial"), patch, "Sundial")
     future = univariate_values(stack_features(features, "future_values"), "Sundial")
-    needed = int(model.config.output_token_lens[-1])
-    if future.shape[1] < needed:
-        raise ValueError(
-            f"Sundial's flow-matching loss compares each patch's forecast with the {needed} values after it; the "
-            f"windows' targets have {future.shape[1]}. Build the training windows with "
-            "`training_target_length(model, ...)`."
-        )
+    future = native_horizon_target(future, int(model.config.output_token_lens[-1]), "Sundial's flow-matching loss")
     mean, std = normalisation(past)
-    past, future = (past - mean) / std, (future[:, :needed] - mean) / std
+    past, future = (past - mean) / std, (future - mean) / std
     labels = torch.cat([past[:, patch:], future], dim=1)
     return {
         "input_ids": past,
         "labels": labels,
         "use_cache": False,
-        "generator": batch_generator(torch.cat([past, labels], dim=1), _device(model)),
+        "generator": batch_generator(torch.cat([past, labels], dim=1), model_device(model)),
     }
 
 
@@ -200,22 +166,8 @@ SUNDIAL = register_family(
             name="sundial",
             model_classes=("SundialForPrediction",),
             groups=(
-                AttentionGroup(
-                    pattern=r"model\.layers\.\d+\.self_attn",
-                    num_heads_attrs=("num_heads",),
-                    num_kv_heads_attrs=("num_key_value_heads",),
-                    kv_groups_attr="num_key_value_groups",
-                    native_v_head_dim=True,
-                    rotary_pairs_attr="rotary_pairs",
-                    keep_one_head=True,  # a layer without heads would stop the key/value cache's length
-                    module_classes=("SundialAttention",),
-                ),
-                MLPGroup(
-                    pattern=r"model\.layers\.\d+\.ffn_layer",
-                    producers=("gate_proj", "up_proj"),
-                    consumer="down_proj",
-                    module_classes=("SundialMLP",),
-                ),
+                contract_attention_group(("SundialAttention",)),  # keeps one head: the key/value cache's length
+                swiglu_group(r"model\.layers\.\d+\.ffn_layer", ("SundialMLP",)),
                 MLPGroup(  # the flow head's residual MLPs (their block's LayerNorm is over the outer width)
                     pattern=r"flow_loss\.net\.res_blocks\.\d+\.mlp",
                     producers=("0",),

@@ -53,7 +53,7 @@ from torch import nn
 
 from ..adapters import ForecastAdapter, ModelForecast
 from ..family import Family, register_family
-from ..specs import ArchitectureSpec, AttentionGroup, ExpertGroup, MLPGroup
+from ..specs import ArchitectureSpec, ExpertGroup, contract_attention_group, swiglu_group
 from ..training import base_model, stack_features, univariate_values
 
 STD_FLOOR = 1e-5
@@ -179,21 +179,9 @@ TIME_MOE = register_family(
             name="time_moe",
             model_classes=("TimeMoeForPrediction",),
             groups=(
-                AttentionGroup(
-                    pattern=r"model\.layers\.\d+\.self_attn",
-                    num_heads_attrs=("num_heads",),
-                    num_kv_heads_attrs=("num_key_value_heads",),
-                    kv_groups_attr="num_key_value_groups",
-                    native_v_head_dim=True,
-                    rotary_pairs_attr="rotary_pairs",
-                    keep_one_head=True,  # a layer without heads would stop the key/value cache's length
-                    module_classes=("TimeMoeAttention",),
-                ),
-                MLPGroup(  # the dense block (`use_dense`), every routed expert and the shared expert
-                    pattern=r"model\.layers\.\d+\.ffn_layer(\.experts\.\d+|\.shared_expert)?",
-                    producers=("gate_proj", "up_proj"),
-                    consumer="down_proj",
-                    module_classes=("TimeMoeTemporalBlock",),
+                contract_attention_group(("TimeMoeAttention",)),  # keeps one head: the key/value cache's length
+                swiglu_group(  # the dense block (`use_dense`), every routed expert and the shared expert
+                    r"model\.layers\.\d+\.ffn_layer(\.experts\.\d+|\.shared_expert)?", ("TimeMoeTemporalBlock",)
                 ),
                 ExpertGroup(  # the router stays whole: its softmax runs over all rows (see the module docstring)
                     pattern=r"model\.layers\.\d+\.ffn_layer",

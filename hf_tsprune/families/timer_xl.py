@@ -21,9 +21,9 @@ carry the native horizon (`max(output_token_lens)` values) as target.
 import torch
 from torch import nn
 
-from ..adapters import ForecastAdapter, ModelForecast
+from ..adapters import ModelForecast, PatchDecoderAdapter, native_horizon_target, whole_patches
 from ..family import Family, register_family
-from ..specs import ArchitectureSpec, AttentionGroup, MLPGroup
+from ..specs import ArchitectureSpec, contract_attention_group, swiglu_group
 from ..training import stack_features, univariate_values
 
 STD_FLOOR = 1e-5
@@ -41,22 +41,6 @@ def forecast(model, inputs: dict) -> torch.Tensor:
     return model(**inputs, use_cache=False, max_output_length=horizon, return_dict=True).logits
 
 
-def whole_patches(series: torch.Tensor, patch: int) -> torch.Tensor:
-    """The last whole patches of `(batch, length)` series (the model drops a trailing remainder, which is the most
-    recent data: cropping at the front keeps it).
-
-    Raises:
-        `ValueError`: the series is shorter than one patch.
-    """
-    length = series.shape[1] // patch * patch
-    if length == 0:
-        raise ValueError(
-            f"Timer-XL reads patches of input_token_len={patch} values; the context has {series.shape[1]}. Use "
-            f"--context_length >= {patch}."
-        )
-    return series[:, series.shape[1] - length :]
-
-
 def normalisation(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-series mean and (unbiased, floored) standard deviation of `(batch, length)` contexts, `(batch, 1)` each."""
     mean = context.mean(dim=-1, keepdim=True)
@@ -64,23 +48,15 @@ def normalisation(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.nan_to_num(std, nan=1.0).clamp_min(STD_FLOOR)
 
 
-class TimerXLAdapter(ForecastAdapter):
+class TimerXLAdapter(PatchDecoderAdapter):
     """Timer-XL: univariate, any context of whole patches (cropped at the front), up to `max_position_embeddings`
     patches; one pass forecasts `max(output_token_lens)` values on the per-series normalised context."""
-
-    univariate = True
 
     def native_horizon(self, model):
         return int(max(model.config.output_token_lens))
 
-    def max_context(self, model):
-        return int(model.config.max_position_embeddings) * int(model.config.input_token_len)
-
-    def fixed_context(self, model):
-        return False
-
     def _forecast(self, model, past_values, past_observed_mask, freq):
-        series = whole_patches(past_values[..., 0], int(model.config.input_token_len))
+        series = whole_patches(past_values[..., 0], int(model.config.input_token_len), "Timer-XL")
         mean, std = normalisation(series)
         horizon = self.native_horizon(model)
         outputs = model(input_ids=(series - mean) / std, use_cache=False, max_output_length=horizon, return_dict=True)
@@ -92,16 +68,11 @@ def training_inputs(model: nn.Module, features: list[dict], freq_index: int) -> 
     series shifted by one patch and extended by the target (normalised alike), for the next-patch MSE of every head
     (the target holds at least `max(output_token_lens)` values: the family trains on its native horizon)."""
     patch = int(model.config.input_token_len)
-    past = whole_patches(univariate_values(stack_features(features, "past_values"), "Timer-XL"), patch)
+    past = whole_patches(univariate_values(stack_features(features, "past_values"), "Timer-XL"), patch, "Timer-XL")
     future = univariate_values(stack_features(features, "future_values"), "Timer-XL")
-    needed = int(max(model.config.output_token_lens))
-    if future.shape[1] < needed:
-        raise ValueError(
-            f"Timer-XL's loss compares each patch's forecast with the {needed} values after it; the windows' targets "
-            f"have {future.shape[1]}. Build the training windows with `training_target_length(model, ...)`."
-        )
+    future = native_horizon_target(future, int(max(model.config.output_token_lens)), "Timer-XL's loss")
     mean, std = normalisation(past)
-    past, future = (past - mean) / std, (future[:, :needed] - mean) / std
+    past, future = (past - mean) / std, (future - mean) / std
     return {"input_ids": past, "labels": torch.cat([past[:, patch:], future], dim=1)}
 
 
@@ -112,22 +83,8 @@ TIMER_XL = register_family(
             name="timer_xl",
             model_classes=("TimerForPrediction",),
             groups=(
-                AttentionGroup(
-                    pattern=r"model\.layers\.\d+\.self_attn",
-                    num_heads_attrs=("num_heads",),
-                    num_kv_heads_attrs=("num_key_value_heads",),
-                    kv_groups_attr="num_key_value_groups",
-                    native_v_head_dim=True,
-                    rotary_pairs_attr="rotary_pairs",
-                    keep_one_head=True,  # a layer without heads would stop the key/value cache's length
-                    module_classes=("TimerAttention",),
-                ),
-                MLPGroup(
-                    pattern=r"model\.layers\.\d+\.ffn_layer",
-                    producers=("gate_proj", "up_proj"),
-                    consumer="down_proj",
-                    module_classes=("TimerMLP",),
-                ),
+                contract_attention_group(("TimerAttention",)),  # keeps one head: the key/value cache's length
+                swiglu_group(r"model\.layers\.\d+\.ffn_layer", ("TimerMLP",)),
             ),
             example_inputs=example_inputs,
             forecast=forecast,
