@@ -137,6 +137,7 @@ class SundialOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+# Copied from hf_tsprune.models.timer_xl.TimerModelOutput with Timer->Sundial
 @dataclass
 class SundialModelOutput(ModelOutput):
     r"""Output of `SundialModel`.
@@ -158,6 +159,7 @@ class SundialModelOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+# Copied from hf_tsprune.models.timer_xl.rotate_half
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """Map the channel halves `(x1, x2)` of the last dimension to `(-x2, x1)`.
 
@@ -171,6 +173,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+# Copied from hf_tsprune.models.timer_xl.apply_rotary
 def apply_rotary(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -220,6 +223,7 @@ def apply_rotary(
     return query, key
 
 
+# Copied from hf_tsprune.models.timer_xl.causal_attention_mask
 def causal_attention_mask(
     attention_mask: torch.Tensor | None,
     batch_size: int,
@@ -284,6 +288,7 @@ class SundialPatchEmbedding(nn.Module):
         return self.dropout(self.output_layer(hidden)) + self.residual_layer(features)
 
 
+# Copied from hf_tsprune.models.timer_xl.TimerRotaryEmbedding with Timer->Sundial
 class SundialRotaryEmbedding(nn.Module):
     """Rotary tables (`inv_freq`, `cos_cached`, `sin_cached`: non-persistent buffers) of one attention layer.
 
@@ -371,6 +376,7 @@ class SundialAttention(nn.Module):
         )
         self.register_buffer("rotary_pairs", None, persistent=False)
 
+    # Copied from hf_tsprune.models.timer_xl.TimerAttention.forward
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -423,6 +429,7 @@ class SundialAttention(nn.Module):
         return self.o_proj(output), weights
 
 
+# Copied from hf_tsprune.models.timer_xl.TimerMLP with Timer->Sundial
 class SundialMLP(nn.Module):
     """SwiGLU feed-forward block, `down_proj(act(gate_proj(x)) * up_proj(x))`; its width is that of the weights.
 
@@ -452,6 +459,7 @@ class SundialDecoderLayer(GradientCheckpointingLayer):
         layer_idx (`int`): Index of the layer.
     """
 
+    # Copied from hf_tsprune.models.timer_xl.TimerDecoderLayer.__init__ with Timer->Sundial
     def __init__(self, config: SundialConfig, layer_idx: int):
         super().__init__()
         self.self_attn = SundialAttention(config, layer_idx)
@@ -695,7 +703,9 @@ class SundialPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["SundialDecoderLayer"]
     _skip_keys_device_placement = "past_key_values"
+    _input_embed_layer = "embed_layer"  # `get_input_embeddings` / `set_input_embeddings`, also through `model`
 
+    # Copied from hf_tsprune.models.timer_xl.TimerPreTrainedModel._init_weights with Timer->Sundial
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, SundialRotaryEmbedding):
@@ -711,6 +721,7 @@ class SundialModel(SundialPreTrainedModel):
         config (`SundialConfig`): The model configuration.
     """
 
+    # Copied from hf_tsprune.models.timer_xl.TimerModel.__init__ with Timer->Sundial
     def __init__(self, config: SundialConfig):
         super().__init__(config)
         self.embed_layer = SundialPatchEmbedding(config)
@@ -718,14 +729,6 @@ class SundialModel(SundialPreTrainedModel):
         self.norm = nn.LayerNorm(config.hidden_size)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        """The patch embedding (`embed_layer`)."""
-        return self.embed_layer
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        """Replace the patch embedding."""
-        self.embed_layer = value
 
     def forward(
         self,
@@ -839,18 +842,12 @@ class SundialForPrediction(SundialPreTrainedModel):
         )
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        """The patch embedding (`model.embed_layer`)."""
-        return self.model.embed_layer
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        """Replace the patch embedding."""
-        self.model.embed_layer = value
-
+    # Copied from hf_tsprune.models.timer_xl.TimerForPrediction.get_decoder with Timer->Sundial
     def get_decoder(self) -> SundialModel:
         """The decoder (`self.model`)."""
         return self.model
 
+    # Copied from hf_tsprune.models.timer_xl.TimerForPrediction.set_decoder with Timer->Sundial
     def set_decoder(self, decoder: SundialModel) -> None:
         """Replace the decoder."""
         self.model = decoder

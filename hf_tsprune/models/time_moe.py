@@ -185,12 +185,21 @@ class TimeMoeConfig(PreTrainedConfig):
 # -- building blocks --------------------------------------------------------------------------------------------------
 
 
+# Copied from hf_tsprune.models.timer_xl.rotate_half
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Rotates the two halves of the last dimension: `(x1, x2) -> (-x2, x1)`."""
+    """Map the channel halves `(x1, x2)` of the last dimension to `(-x2, x1)`.
+
+    Args:
+        x (`torch.Tensor`): Tensor whose last dimension is even.
+
+    Returns:
+        `torch.Tensor`: the rotated tensor.
+    """
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+# Copied from hf_tsprune.models.timer_xl.apply_rotary
 def apply_rotary(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -199,39 +208,45 @@ def apply_rotary(
     rotary_pairs: torch.Tensor | None = None,
     num_key_value_groups: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Applies the rotary position embedding to queries and keys, optionally with pruned rotary pairs.
+    """Rotate queries and keys by their positions' angles (rotary position embedding, half-split layout).
 
-    Without `rotary_pairs`, channel `i < d/2` of a head and channel `i + d/2` form rotary pair `i` (the usual
-    `rotate_half` layout). With `rotary_pairs` (shape `(num_key_value_heads, n)`), each query/key head holds `2 * n`
-    channels: channel `j < n` the first half of the original pair `rotary_pairs[kv_head, j]` and channel `n + j` its
-    second half; that head uses the original tables at the frequencies `rotary_pairs[kv_head]` (query head `h` those
-    of key/value head `h // num_key_value_groups`).
+    Channel `j` and `j + d/2` of a head form one rotary pair. Without `rotary_pairs` the head holds all `d/2` pairs of
+    the tables in order. With `rotary_pairs` (after rotary channels were pruned) channel `j < n` of key/value head `g`
+    holds the first half of the original pair `rotary_pairs[g, j]` and channel `n + j` its second half, and that head
+    is rotated by the original tables at those frequency indices; query head `h` uses the pairs of key/value head
+    `h // num_key_value_groups`.
 
     Args:
-        query (`torch.Tensor`): `(batch, num_heads, seq_len, head_dim)`.
-        key (`torch.Tensor`): `(batch, num_key_value_heads, seq_len, head_dim)`.
-        cos (`torch.Tensor`): the original cosine table at the tokens' positions, `(batch or 1, seq_len, d)`.
-        sin (`torch.Tensor`): the original sine table at the tokens' positions, `(batch or 1, seq_len, d)`.
-        rotary_pairs (`torch.LongTensor`, *optional*): the original pair indices kept per key/value head.
-        num_key_value_groups (`int`, *optional*, defaults to 1): query heads per key/value head.
+        query (`torch.Tensor`): Queries, `(batch, num_heads, seq_len, head_dim)`.
+        key (`torch.Tensor`): Keys, `(batch, num_key_value_heads, seq_len, head_dim)`.
+        cos (`torch.Tensor`): Cosines at the tokens' positions, `(batch or 1, seq_len, rotary_dim)`, the two halves of
+            the last dimension equal (the tables of the original, unpruned head).
+        sin (`torch.Tensor`): Sines, same shape as `cos`.
+        rotary_pairs (`torch.LongTensor`, *optional*): `(num_key_value_heads, head_dim // 2)` original pair indices.
+        num_key_value_groups (`int`, *optional*, defaults to 1): Query heads per key/value head.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: the rotated queries and keys.
     """
     if rotary_pairs is None:
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
-    half = cos.shape[-1] // 2
-    pairs = rotary_pairs.to(device=cos.device, dtype=torch.long)
-
-    def per_head(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kept = table[..., :half][..., pairs].permute(0, 2, 1, 3)  # (batch, kv_heads, seq_len, n)
-        kept = torch.cat((kept, kept), dim=-1)
-        return kept.repeat_interleave(num_key_value_groups, dim=1), kept
-
-    cos_q, cos_k = per_head(cos)
-    sin_q, sin_k = per_head(sin)
-    return query * cos_q + rotate_half(query) * sin_q, key * cos_k + rotate_half(key) * sin_k
+        cos_k = cos_q = cos.unsqueeze(1)
+        sin_k = sin_q = sin.unsqueeze(1)
+    else:
+        half = cos.shape[-1] // 2
+        index = rotary_pairs.to(device=cos.device, dtype=torch.long)
+        # (batch, seq, kv_heads, n) -> (batch, kv_heads, seq, n), both halves of a pair share one angle
+        cos_k = cos[..., :half][..., index].permute(0, 2, 1, 3)
+        sin_k = sin[..., :half][..., index].permute(0, 2, 1, 3)
+        cos_k = torch.cat((cos_k, cos_k), dim=-1)
+        sin_k = torch.cat((sin_k, sin_k), dim=-1)
+        if num_key_value_groups > 1:
+            cos_q = cos_k.repeat_interleave(num_key_value_groups, dim=1)
+            sin_q = sin_k.repeat_interleave(num_key_value_groups, dim=1)
+        else:
+            cos_q, sin_q = cos_k, sin_k
+    query = query * cos_q + rotate_half(query) * sin_q
+    key = key * cos_k + rotate_half(key) * sin_k
+    return query, key
 
 
 def repeat_kv(states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -573,6 +588,7 @@ class TimeMoePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["TimeMoeDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
+    _input_embed_layer = "embed_layer"  # `get_input_embeddings` / `set_input_embeddings`, also through `model`
     _supports_sdpa = True
 
     @torch.no_grad()
@@ -631,12 +647,6 @@ class TimeMoeModel(TimeMoePreTrainedModel):
         self.norm = TimeMoeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embed_layer
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.embed_layer = value
 
     def forward(
         self,

@@ -466,6 +466,7 @@ class TimerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["TimerDecoderLayer"]
     _skip_keys_device_placement = "past_key_values"
+    _input_embed_layer = "embed_layer"  # `get_input_embeddings` / `set_input_embeddings`, also through `model`
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -489,14 +490,6 @@ class TimerModel(TimerPreTrainedModel):
         self.norm = nn.LayerNorm(config.hidden_size)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        """The patch embedding (`embed_layer`)."""
-        return self.embed_layer
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        """Replace the patch embedding."""
-        self.embed_layer = value
 
     def forward(
         self,
@@ -606,14 +599,6 @@ class TimerForPrediction(TimerPreTrainedModel):
         )
         self.output_token_len_map = {length: i for i, length in enumerate(config.output_token_lens)}
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        """The patch embedding (`model.embed_layer`)."""
-        return self.model.embed_layer
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        """Replace the patch embedding."""
-        self.model.embed_layer = value
 
     def get_decoder(self) -> TimerModel:
         """The decoder (`self.model`)."""
