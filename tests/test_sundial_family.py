@@ -10,19 +10,21 @@ blocks, 50 sampling steps), 128,329,680 parameters.
 """
 
 import copy
-import importlib.util
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from own_models import (
+    check_fresh_process_reloads,
+    check_module_travels,
+    check_recipes,
+    check_speed_row,
+    make_task,
+    random_model,
+    released_row_model,
+    speed_module,
+)
+from own_models import round_trip as layout_round_trip
 from test_families import Windows, check_prune_shrink_finetune
 from test_surgery import masked_vs_shrunk, params, random_masks
 
@@ -31,10 +33,8 @@ from hf_tsprune.adapters import get_adapter
 from hf_tsprune.family import get_family
 from hf_tsprune.masks import get_masks, remove_masks
 from hf_tsprune.models.sundial import SundialConfig, SundialForPrediction
-from hf_tsprune.surgery import apply_layout
 from hf_tsprune.training import ForecastCollator, training_label_names, training_target_length
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
     input_token_len=4, hidden_size=32, intermediate_size=48, output_token_lens=[8], num_hidden_layers=2,
     num_attention_heads=4, max_position_embeddings=64, flow_loss_depth=2, num_sampling_steps=3, diffusion_batch_mul=2,
@@ -50,13 +50,7 @@ FLOW_BLOCKS = ["flow_loss.net.res_blocks.0.mlp", "flow_loss.net.res_blocks.1.mlp
 def build(settings: dict = TINY, seed: int = 0, std: float | None = 0.2) -> SundialForPrediction:
     """A Sundial with random weights (std 0.2 in the tiny one, so that every unit matters; the flow head's
     modulations, zero-initialised as released, too)."""
-    torch.manual_seed(seed)
-    model = SundialForPrediction(SundialConfig(**settings)).eval()
-    if std is not None:
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.normal_(0.0, std)
-    return model
+    return random_model(SundialForPrediction, SundialConfig, settings, seed, std)
 
 
 def with_flow_head(model) -> list:
@@ -64,19 +58,9 @@ def with_flow_head(model) -> list:
     return install_masks(model, get_spec(model).with_optional_groups())
 
 
-def forecast(model, inputs):
-    with torch.no_grad():
-        return get_spec(model).forecast(model, inputs)
-
-
 def round_trip(model, settings: dict = TINY):
     """A fresh model given the layout (as stored in config.json) loads the shrunk state dict and forecasts the same."""
-    layout = json.loads(json.dumps(model.config.hf_tsprune_layout))
-    fresh = apply_layout(build(settings, seed=5, std=None), layout)
-    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
-    fresh.load_state_dict(model.state_dict())
-    inputs = get_spec(model).example_inputs(model, 2, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(forecast(model, inputs), forecast(fresh.eval(), inputs))
+    layout_round_trip(model, build(settings, seed=5, std=None))
 
 
 def test_spec_groups_and_family():
@@ -212,51 +196,11 @@ def test_training_inputs_give_the_flow_matching_loss_seeded_per_batch():
 
 # -- prune, shrink, finetune, save, reload ------------------------------------------------------------------------
 
-LOAD_SCRIPT = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-
-    mode, folder, inputs, result = sys.argv[1:5]
-    if mode == "remote":
-        class BlockHfTsprune(importlib.abc.MetaPathFinder):
-            def find_spec(self, fullname, path=None, target=None):
-                if fullname.split(".")[0] == "hf_tsprune":
-                    raise ImportError("hf_tsprune is not installed in this process")
-
-        sys.meta_path.insert(0, BlockHfTsprune())
-    else:
-        import hf_tsprune  # noqa: F401
-
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM, AutoModelForTimeSeriesPrediction
-
-    model, info = AutoModelForTimeSeriesPrediction.from_pretrained(
-        folder, trust_remote_code=mode == "remote", output_loading_info=True
-    )
-    causal_lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=mode == "remote")  # as released
-    with torch.no_grad():
-        logits = model.eval()(input_ids=load_file(inputs)["input_ids"], use_cache=False, num_samples=3,
-                              max_output_length=8, generator=torch.Generator().manual_seed(0)).logits
-    save_file({"logits": logits.contiguous()}, result)
-    report = {"info": {k: sorted(map(str, v)) for k, v in info.items()}, "module": type(model).__module__,
-              "hf_tsprune_imported": "hf_tsprune" in sys.modules, "causal_lm": type(causal_lm).__qualname__ == type(model).__qualname__}
-    print("REPORT" + json.dumps(report))
-    """
-)
-
-
-def load_in_fresh_process(folder: Path, inputs: dict, mode: str, tmp_path: Path) -> tuple[torch.Tensor, dict]:
-    save_file(inputs, tmp_path / "inputs.safetensors")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
-    env["HF_MODULES_CACHE"] = str(tmp_path / f"modules-{mode}")
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", LOAD_SCRIPT, mode, str(folder), str(tmp_path / "inputs.safetensors"),
-         str(tmp_path / f"out-{mode}.safetensors")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return load_file(tmp_path / f"out-{mode}.safetensors")["logits"], json.loads(proc.stdout.split("REPORT", 1)[1])
+RUN = """
+with torch.no_grad():
+    outputs = {"logits": model.eval()(input_ids=inputs["input_ids"], use_cache=False, num_samples=3,
+                                      max_output_length=8, generator=torch.Generator().manual_seed(0)).logits}
+"""
 
 
 def test_prune_shrink_finetune_save_and_reload_in_a_fresh_process(tmp_path):
@@ -275,9 +219,7 @@ def test_prune_shrink_finetune_save_and_reload_in_a_fresh_process(tmp_path):
     assert all(layer.self_attn.head_dim == 4 for layer in model.model.layers)
     plan = check_prune_shrink_finetune(model, Windows(32, 16, 1, 0), Windows(16, 16, 1, 1), tmp_path)
     files = save_pruned(model, tmp_path / "pruned", base_model="thuml/sundial-base-128m", plan=plan)
-    assert "sundial.py" in files  # the own model module travels with the checkpoint, verbatim
-    module = ROOT / "hf_tsprune" / "models" / "sundial.py"
-    assert (tmp_path / "pruned" / "sundial.py").read_bytes() == module.read_bytes()
+    check_module_travels(files, tmp_path / "pruned", "sundial.py")  # the own model module, verbatim
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
     layout = config["hf_tsprune_layout"]
     pairs = [entry.get("rotary_pairs") for entry in layout.values() if "v_head_dim" in entry]
@@ -291,12 +233,7 @@ def test_prune_shrink_finetune_save_and_reload_in_a_fresh_process(tmp_path):
         expected = model.eval()(
             **inputs, use_cache=False, num_samples=3, max_output_length=8, generator=torch.Generator().manual_seed(0)
         ).logits
-    for mode in ("hf_tsprune", "remote"):
-        logits, report = load_in_fresh_process(tmp_path / "pruned", inputs, mode, tmp_path)
-        assert report["info"] == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
-        assert report["hf_tsprune_imported"] is (mode == "hf_tsprune") and report["causal_lm"]
-        assert report["module"].startswith("transformers_modules." if mode == "remote" else "hf_tsprune.modeling")
-        assert torch.equal(logits, expected), mode
+    check_fresh_process_reloads(tmp_path / "pruned", inputs, {"logits": expected}, tmp_path, RUN)
 
 
 # -- recipes ------------------------------------------------------------------------------------------------------
@@ -304,56 +241,19 @@ def test_prune_shrink_finetune_save_and_reload_in_a_fresh_process(tmp_path):
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sundial_task")
-    t = np.arange(900)
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        {
-            "date": pd.date_range("2020-01-01", periods=len(t), freq="h"),
-            "a": np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(len(t)),
-        }
-    )
-    frame.to_csv(folder / "tiny.csv", index=False)
-    build(seed=3, std=None).save_pretrained(folder / "model")
-    return folder
-
-
-def recipe(name: str):
-    """A recipe module, imported from `recipes/` (run in-process: no interpreter start per recipe)."""
-    spec = importlib.util.spec_from_file_location(f"sundial_recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return make_task(tmp_path_factory.mktemp("sundial_task"), build(seed=3, std=None))
 
 
 def test_recipes_run_on_a_sundial_folder(task, tmp_path):
     """The prune run with the flow head's group switched on (`--prune_optional_groups`); the pruned folder's
     zero-shot test MSE equals the pipeline's own evaluation of it (sampling seeded per batch: evaluations in batches
     of the same size agree)."""
-    data = ["--dataset", str(task / "tiny.csv"), "--context_length", "32", "--prediction_length", "8"]
-    training = ["--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--finetune_epochs", "1",
-                "--disable_tqdm", "true", "--use_cpu", "true", *data]  # fmt: skip
-    model = str(task / "model")
-    prune = ["--model_name_or_path", model, "--output_dir", str(tmp_path / "p"), "--eval_steps", "5",
-             "--prune_optional_groups", "true", *training]  # fmt: skip
-    results = recipe("prune_finetune").main(prune).to_dict()
-    for stage in ("zero_shot", "pruned", "finetuned"):
-        assert results[stage]["test"]["n_windows"] > 0 and np.isfinite(results[stage]["test"]["mse"])
-    assert results["params_after"] < results["params_before"]
+    results = check_recipes(
+        task, tmp_path, "sundial", "sundial.py", prune=("--prune_optional_groups", "true"),
+        zero_shot=("--batch_size", "64"),  # the noise is seeded per batch: the pipeline's test batches, 64 windows
+    )  # fmt: skip
     assert set(FLOW_BLOCKS) <= {group["name"] for group in results["plan"]["groups"]}  # the flow head was masked
     assert results["settings"]["prune_optional_groups"] is True
-    pruned = tmp_path / "p" / "model"
-    assert (pruned / "sundial.py").is_file()
-    zero_shot = recipe("zero_shot").main(
-        ["--model_name_or_path", str(pruned), "--output_dir", str(tmp_path / "z"), "--show_progress", "false",
-         "--batch_size", "64", *data]  # the noise is seeded per batch: the pipeline's test batches, 64 windows
-    )  # fmt: skip
-    assert zero_shot["test"]["mse"] == pytest.approx(results["finetuned"]["test"]["mse"], rel=1e-4)
-    finetuned = recipe("finetune").main(
-        ["--model_name_or_path", model, "--output_dir", str(tmp_path / "f"), *training]
-    )
-    assert np.isfinite(finetuned.to_dict()["finetuned"]["test"]["mse"])
 
 
 # -- benchmarks/speed.py ------------------------------------------------------------------------------------------
@@ -362,20 +262,11 @@ def test_recipes_run_on_a_sundial_folder(task, tmp_path):
 def test_speed_row(monkeypatch):
     """The Sundial row of `benchmarks/speed.py` builds the released layout and runs (on a tiny model here): the exact
     shrink with half the heads, pairs and channels, the interleaved timing and a prune and a finetune step."""
-    spec = importlib.util.spec_from_file_location("sundial_benchmark_speed", ROOT / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
-    with torch.device("meta"):
-        released = speed.BUILDERS["sundial"]()
+    speed = speed_module("sundial")
+    released = released_row_model(speed, "sundial")
     assert {k: getattr(released.config, k) for k in RELEASED} == RELEASED
     assert params(released) == RELEASED_PARAMS
-    monkeypatch.setitem(speed.BUILDERS, "sundial", build)
-    result = speed.benchmark("sundial", batch_sizes=(2,), timing={"min_pairs": 2, "max_pairs": 2}, step_batch=0)
-    assert result["family"] == "sundial" and result["max_rel_error"] < 1e-5
-    assert result["params_after"] < 0.8 * result["params_before"] and result["pairs_b2"] == 2  # flow head kept
-    for kind in ("prune", "finetune"):
-        step = speed.step_worker("sundial", kind, batch_size=2, repeats=1, accumulate=1)
-        assert step["seconds"] > 0
+    check_speed_row(speed, monkeypatch, "sundial", "sundial", build, 0.8)  # the flow head kept
 
 
 def test_copy_of_a_pruned_model_prunes_again():
