@@ -9,20 +9,24 @@ Released layouts: `tests/test_time_moe.py` (`TIME_MOE_50M`, `TIME_MOE_200M`).
 """
 
 import copy
-import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from own_models import (
+    check_fresh_process_reloads,
+    check_module_travels,
+    check_recipes,
+    check_speed_row,
+    data_flags,
+    forecast,
+    make_task,
+    random_model,
+    released_row_model,
+    speed_module,
+)
+from own_models import round_trip as layout_round_trip
 from test_families import Windows, check_prune_shrink_finetune
 from test_surgery import masked_vs_shrunk, params, random_masks
 from test_time_moe import TIME_MOE_50M, TIME_MOE_200M
@@ -30,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers.initialization import no_init_weights
 
-from hf_tsprune import get_spec, install_masks, save_pruned, set_masks, shrink
+from hf_tsprune import install_masks, save_pruned, set_masks, shrink
 from hf_tsprune.adapters import get_adapter
 from hf_tsprune.family import get_family
 from hf_tsprune.masks import describe_expert_blocks
@@ -48,7 +52,6 @@ from hf_tsprune.scoring import count_expert_tokens, expert_usage, experts_to_kee
 from hf_tsprune.surgery import apply_layout, remove_experts
 from hf_tsprune.training import ForecastCollator, training_label_names, training_target_length
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
     input_size=1, hidden_size=32, intermediate_size=64, horizon_lengths=[1, 8, 32], num_hidden_layers=2,
     num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, max_position_embeddings=1024,
@@ -60,29 +63,13 @@ BLOCKS = ("model.layers.0.ffn_layer", "model.layers.1.ffn_layer")
 def build(settings: dict = TINY, seed: int = 0, std: float | None = 0.2) -> TimeMoeForPrediction:
     """A Time-MoE with random weights (std 0.2 in the tiny one, so that every unit matters; `None`: as
     initialised)."""
-    torch.manual_seed(seed)
-    model = TimeMoeForPrediction(TimeMoeConfig(**settings)).eval()
-    if std is not None:
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.normal_(0.0, std)
-    return model
-
-
-def forecast(model, inputs):
-    with torch.no_grad():
-        return get_spec(model).forecast(model, inputs)
+    return random_model(TimeMoeForPrediction, TimeMoeConfig, settings, seed, std)
 
 
 def round_trip(model, settings: dict = TINY):
     """A fresh model given the layout (as stored in config.json) loads the shrunk state dict strictly (kept-experts
     and rotary-pairs buffers included) and forecasts the same."""
-    layout = json.loads(json.dumps(model.config.hf_tsprune_layout))
-    fresh = apply_layout(build(settings, seed=5, std=None), layout)
-    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
-    fresh.load_state_dict(model.state_dict(), strict=True)
-    inputs = get_spec(model).example_inputs(model, 2, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(forecast(model, inputs), forecast(fresh.eval(), inputs))
+    layout_round_trip(model, build(settings, seed=5, std=None))
 
 
 def window_batches(model, seeds=(0, 1), n: int = 16, context: int = 40) -> list[dict]:
@@ -287,22 +274,7 @@ def test_training_inputs_give_the_multi_horizon_loss():
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("time_moe_task")
-    t = np.arange(900)
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        {
-            "date": pd.date_range("2020-01-01", periods=len(t), freq="h"),
-            "a": np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(len(t)),
-        }
-    )
-    frame.to_csv(folder / "tiny.csv", index=False)
-    build(seed=3, std=None).save_pretrained(folder / "model")
-    return folder
-
-
-def data_flags(task) -> list[str]:
-    return ["--dataset", str(task / "tiny.csv"), "--context_length", "32", "--prediction_length", "8"]
+    return make_task(tmp_path_factory.mktemp("time_moe_task"), build(seed=3, std=None))
 
 
 def stage_arguments(task, tmp_path, *extra) -> PruneFinetuneArguments:
@@ -365,54 +337,13 @@ def test_aux_loss_off_in_the_prune_run_and_on_in_finetuning(task, tmp_path):
 
 # -- prune, shrink, finetune, save, reload ------------------------------------------------------------------------
 
-LOAD_SCRIPT = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-
-    mode, folder, inputs, result = sys.argv[1:5]
-    if mode == "remote":
-        class BlockHfTsprune(importlib.abc.MetaPathFinder):
-            def find_spec(self, fullname, path=None, target=None):
-                if fullname.split(".")[0] == "hf_tsprune":
-                    raise ImportError("hf_tsprune is not installed in this process")
-
-        sys.meta_path.insert(0, BlockHfTsprune())
-    else:
-        import hf_tsprune  # noqa: F401
-
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM, AutoModelForTimeSeriesPrediction
-
-    model, info = AutoModelForTimeSeriesPrediction.from_pretrained(
-        folder, trust_remote_code=mode == "remote", output_loading_info=True
-    )
-    causal_lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=mode == "remote")  # as released
-    series = load_file(inputs)["input_ids"]
-    with torch.no_grad():
-        logits = model.eval()(input_ids=series, use_cache=False, max_horizon_length=32).logits
-    rollout = model.generate(series, max_new_tokens=40)
-    save_file({"logits": logits.contiguous(), "rollout": rollout.contiguous()}, result)
-    report = {"info": {k: sorted(map(str, v)) for k, v in info.items()}, "module": type(model).__module__,
-              "hf_tsprune_imported": "hf_tsprune" in sys.modules,
-              "causal_lm": type(causal_lm).__qualname__ == type(model).__qualname__,
-              "kept_experts": model.model.layers[1].ffn_layer.kept_experts.tolist()}
-    print("REPORT" + json.dumps(report))
-    """
-)
-
-
-def load_in_fresh_process(folder: Path, inputs: dict, mode: str, tmp_path: Path) -> tuple[dict, dict]:
-    save_file(inputs, tmp_path / "inputs.safetensors")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
-    env["HF_MODULES_CACHE"] = str(tmp_path / f"modules-{mode}")
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", LOAD_SCRIPT, mode, str(folder), str(tmp_path / "inputs.safetensors"),
-         str(tmp_path / f"out-{mode}.safetensors")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return load_file(tmp_path / f"out-{mode}.safetensors"), json.loads(proc.stdout.split("REPORT", 1)[1])
+RUN = """
+series = inputs["input_ids"]
+with torch.no_grad():
+    logits = model.eval()(input_ids=series, use_cache=False, max_horizon_length=32).logits
+outputs = {"logits": logits, "rollout": model.generate(series, max_new_tokens=40)}
+"""
+REPORT = 'report["kept_experts"] = model.model.layers[1].ffn_layer.kept_experts.tolist()'
 
 
 def test_experts_channels_finetune_experts_save_and_reload_in_a_fresh_process(tmp_path):
@@ -430,9 +361,7 @@ def test_experts_channels_finetune_experts_save_and_reload_in_a_fresh_process(tm
     kept = block.kept_experts.tolist()
     assert kept == [0, 2]
     files = save_pruned(model, tmp_path / "pruned", base_model="Maple728/TimeMoE-50M", plan=plan)
-    assert "time_moe.py" in files  # the own model module travels with the checkpoint, verbatim
-    module = ROOT / "hf_tsprune" / "models" / "time_moe.py"
-    assert (tmp_path / "pruned" / "time_moe.py").read_bytes() == module.read_bytes()
+    check_module_travels(files, tmp_path / "pruned", "time_moe.py")  # the own model module, verbatim
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
     layout = config["hf_tsprune_layout"]
     assert layout[BLOCKS[1]] == {"kind": "experts", "num_experts": 2, "kept_experts": kept}
@@ -441,48 +370,20 @@ def test_experts_channels_finetune_experts_save_and_reload_in_a_fresh_process(tm
     with torch.no_grad():
         expected = model.eval()(**inputs, use_cache=False, max_horizon_length=32).logits
     rollout = model.generate(inputs["input_ids"], max_new_tokens=40)
-    for mode in ("hf_tsprune", "remote"):
-        outputs, report = load_in_fresh_process(tmp_path / "pruned", inputs, mode, tmp_path)
-        assert report["info"] == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
-        assert report["hf_tsprune_imported"] is (mode == "hf_tsprune") and report["causal_lm"]
-        assert report["module"].startswith("transformers_modules." if mode == "remote" else "hf_tsprune.modeling")
-        assert report["kept_experts"] == kept
-        assert torch.equal(outputs["logits"], expected) and torch.equal(outputs["rollout"], rollout), mode
+    expected = {"logits": expected, "rollout": rollout}
+    check_fresh_process_reloads(tmp_path / "pruned", inputs, expected, tmp_path, RUN, REPORT, {"kept_experts": kept})
 
 
 # -- recipes ------------------------------------------------------------------------------------------------------
 
 
-def recipe(name: str):
-    """A recipe module, imported from `recipes/` (run in-process: no interpreter start per recipe)."""
-    spec = importlib.util.spec_from_file_location(f"time_moe_recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_recipes_run_on_a_time_moe_folder(task, tmp_path):
-    training = ["--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--finetune_epochs", "1",
-                "--disable_tqdm", "true", "--use_cpu", "true", *data_flags(task)]  # fmt: skip
-    model = str(task / "model")
-    run = ["--model_name_or_path", model, "--output_dir", str(tmp_path / "p"), "--eval_steps", "5"]
-    results = recipe("prune_finetune").main([*run, "--expert_threshold", "0", *training]).to_dict()
-    for stage in ("zero_shot", "pruned", "finetuned"):
-        assert results[stage]["test"]["n_windows"] > 0 and np.isfinite(results[stage]["test"]["mse"])
+    results = check_recipes(task, tmp_path, "time_moe", "time_moe.py", prune=("--expert_threshold", "0"))
     experts = results["experts"]
     assert experts["experts_before"] == 8 and 4 <= experts["experts_after"] < 8  # idle experts of the routers went
     assert results["params_after"] < experts["params_after"] < experts["params_before"] == results["params_before"]
-    folder = tmp_path / "p" / "model"
-    assert (folder / "time_moe.py").is_file()
-    layout = json.loads((folder / "config.json").read_text())["hf_tsprune_layout"]
+    layout = json.loads((tmp_path / "p" / "model" / "config.json").read_text())["hf_tsprune_layout"]
     assert [layout[name]["kept_experts"] for name in BLOCKS] == [experts["kept_experts"][name] for name in BLOCKS]
-    evaluation = ["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "z"), "--show_progress", "false"]
-    zero_shot = recipe("zero_shot").main([*evaluation, *data_flags(task)])
-    assert zero_shot["test"]["mse"] == pytest.approx(results["finetuned"]["test"]["mse"], rel=1e-4)
-    baseline = ["--model_name_or_path", model, "--output_dir", str(tmp_path / "f")]
-    finetuned = recipe("finetune").main([*baseline, *training])
-    assert np.isfinite(finetuned.to_dict()["finetuned"]["test"]["mse"])
 
 
 # -- benchmarks/speed.py ------------------------------------------------------------------------------------------
@@ -491,18 +392,9 @@ def test_recipes_run_on_a_time_moe_folder(task, tmp_path):
 def test_speed_rows(monkeypatch):
     """The Time-MoE rows of `benchmarks/speed.py` build the released layouts and run (on a tiny model here): the exact
     shrink with half the heads, pairs and channels, the interleaved timing and a prune and a finetune step."""
-    spec = importlib.util.spec_from_file_location("time_moe_benchmark_speed", ROOT / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = speed_module("time_moe")
     for name, settings, count in (("time_moe_50m", TIME_MOE_50M, 113_352_192), ("time_moe_200m", TIME_MOE_200M,
                                                                                453_196_800)):  # fmt: skip
-        with torch.device("meta"):
-            released = speed.BUILDERS[name]()
+        released = released_row_model(speed, name)
         assert {k: getattr(released.config, k) for k in settings} == settings and params(released) == count
-    monkeypatch.setitem(speed.BUILDERS, "time_moe_50m", build)
-    result = speed.benchmark("time_moe_50m", batch_sizes=(2,), timing={"min_pairs": 2, "max_pairs": 2}, step_batch=0)
-    assert result["family"] == "time_moe" and result["max_rel_error"] < 1e-5
-    assert result["params_after"] < 0.6 * result["params_before"] and result["pairs_b2"] == 2
-    for kind in ("prune", "finetune"):
-        step = speed.step_worker("time_moe_50m", kind, batch_size=2, repeats=1, accumulate=1)
-        assert step["seconds"] > 0
+    check_speed_row(speed, monkeypatch, "time_moe_50m", "time_moe", build, 0.6)
