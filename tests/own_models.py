@@ -64,6 +64,25 @@ def max_rel_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 1
     return float((actual - expected).abs().max() / expected.abs().max().clamp_min(floor))
 
 
+@torch.no_grad()
+def randomize(model: torch.nn.Module, norm_names: tuple[str, ...] = ("norm",)) -> None:
+    """Weights of unit-gain scale (N(0, 1/fan_in)), biases and norm parameters off their init, so that attention is
+    far from uniform and every parameter matters (the 0.02-std init makes the attention nearly an average).
+
+    Args:
+        model (`torch.nn.Module`): The model, changed in place.
+        norm_names (`tuple[str, ...]`, *optional*, defaults to `("norm",)`): Name parts of the norm layers whose
+            `weight` is drawn around 1.
+    """
+    for name, param in model.named_parameters():
+        if param.dim() == 2:
+            param.normal_(0.0, param.shape[1] ** -0.5)
+        elif any(part in name for part in norm_names) and name.endswith("weight"):
+            param.copy_(1 + 0.1 * torch.randn_like(param))
+        else:
+            param.normal_(0.0, 0.1)
+
+
 def assert_clean_loading(info: dict) -> None:
     """No missing, unexpected or mismatched key in a `from_pretrained(..., output_loading_info=True)` report."""
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):

@@ -2,20 +2,21 @@
 (`../shared/oracles/timer_xl`, a test oracle only), on the same random state dict: forward, loss, multi-step
 forecasts (tiny and released sizes), checkpoint loading both ways, the rotary-pairs contract and the v5 NaN trap."""
 
-import ast
-import json
 import sys
-from pathlib import Path
 
-import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from own_models import (
+    check_checkpoints_both_ways,
+    check_rotary_tables_after_loading,
+    import_roots,
+    max_rel_error,
+    oracle_modules,
+    randomize,
+)
 
 import hf_tsprune  # noqa: F401  (registers the Auto classes)
 from hf_tsprune.models import timer_xl
 from hf_tsprune.models.timer_xl import TimerConfig, TimerForPrediction, apply_rotary
-
-ORACLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "oracles"
 
 TINY = dict(
     input_token_len=16,
@@ -31,33 +32,11 @@ BASE = dict(input_token_len=96, output_token_lens=[96])
 
 
 def oracle_classes():
-    if not (ORACLES / "timer_xl" / "modeling_timer.py").is_file():
-        pytest.skip(f"Timer-XL oracle not found at {ORACLES.resolve()}")
-    if str(ORACLES) not in sys.path:
-        sys.path.insert(0, str(ORACLES))
-    from timer_xl.configuration_timer import TimerConfig as OracleConfig
-    from timer_xl.modeling_timer import TimerForPrediction as OracleModel
-
-    return OracleConfig, OracleModel
+    configuration, modeling = oracle_modules("timer_xl", "configuration_timer", "modeling_timer", name="Timer-XL")
+    return configuration.TimerConfig, modeling.TimerForPrediction
 
 
-def rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Max absolute difference relative to the largest reference magnitude."""
-    actual, expected = actual.detach(), expected.detach()
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
-
-
-@torch.no_grad()
-def randomize(model: torch.nn.Module) -> None:
-    """Weights of unit-gain scale (N(0, 1/fan_in)), biases and norm parameters off their init, so that attention is
-    far from uniform and every parameter matters (the 0.02-std init makes the attention nearly an average)."""
-    for name, param in model.named_parameters():
-        if param.dim() == 2:
-            param.normal_(0.0, param.shape[1] ** -0.5)
-        elif "norm" in name and name.endswith("weight"):
-            param.copy_(1 + 0.1 * torch.randn_like(param))
-        else:
-            param.normal_(0.0, 0.1)
+rel = max_rel_error
 
 
 def pair(kwargs: dict, seed: int = 0):
@@ -147,38 +126,16 @@ def test_cache_quirk_and_manual_loop():
 
 def test_state_dict_keys_and_checkpoints_both_ways(tmp_path):
     oracle, ours = pair(TINY)
-    assert set(ours.state_dict()) == set(oracle.state_dict())
-    assert not any("rotary" in k or "inv_freq" in k for k in ours.state_dict())
     x = torch.randn(2, 64)
-    with torch.no_grad():
-        expected = oracle.generate(x.clone(), max_new_tokens=48)
-
-    oracle.save_pretrained(tmp_path / "oracle")
-    loaded, info = TimerForPrediction.from_pretrained(tmp_path / "oracle", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    # the released config.json names its remote code in `auto_map`: the registered own class is used instead,
-    # without trust_remote_code (and the remote code, absent here, is never looked for)
-    config_file = tmp_path / "oracle" / "config.json"
-    config = json.loads(config_file.read_text())
-    config["auto_map"] = {
-        "AutoConfig": "configuration_timer.TimerConfig",
-        "AutoModelForCausalLM": "modeling_timer.TimerForPrediction",
-    }
-    config_file.write_text(json.dumps(config))
-    auto = AutoModelForCausalLM.from_pretrained(tmp_path / "oracle")
-    assert type(auto) is TimerForPrediction
-    for model in (loaded.eval(), auto.eval()):
-        with torch.no_grad():
-            got = model.generate(x.clone(), max_new_tokens=48)
-        assert torch.isfinite(got).all()
-        assert rel(got, expected) < 1e-5
-
-    _, OracleModel = oracle_classes()
-    ours.save_pretrained(tmp_path / "ours")
-    back, info = OracleModel.from_pretrained(tmp_path / "ours", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    with torch.no_grad():
-        assert rel(back.eval().generate(x.clone(), max_new_tokens=48), expected) < 1e-5
+    auto_map = ("configuration_timer.TimerConfig", "modeling_timer.TimerForPrediction")
+    check_checkpoints_both_ways(
+        oracle,
+        ours,
+        oracle_classes()[1],
+        auto_map,
+        lambda model: model.generate(x.clone(), max_new_tokens=48),
+        tmp_path,
+    )
 
 
 def test_from_pretrained_rotary_tables_finite(tmp_path):
@@ -186,16 +143,8 @@ def test_from_pretrained_rotary_tables_finite(tmp_path):
     torch.manual_seed(0)
     model = TimerForPrediction(TimerConfig(**TINY)).eval()
     randomize(model)
-    model.save_pretrained(tmp_path)
-    loaded = TimerForPrediction.from_pretrained(tmp_path).eval()
-    for mine, theirs in zip(model.model.layers, loaded.model.layers):
-        for name in ("inv_freq", "cos_cached", "sin_cached"):
-            assert torch.equal(getattr(mine.self_attn.rotary_emb, name), getattr(theirs.self_attn.rotary_emb, name))
     x = torch.randn(2, 64)
-    with torch.no_grad():
-        got = loaded.generate(x, max_new_tokens=80)
-        assert torch.isfinite(got).all()
-        assert torch.equal(got, model.generate(x, max_new_tokens=80))
+    check_rotary_tables_after_loading(model, lambda m: m.generate(x, max_new_tokens=80), tmp_path)
 
 
 def test_eager_attention_equals_sdpa():
@@ -269,12 +218,5 @@ def test_rotary_pairs_contract():
 
 
 def test_module_imports_no_hf_tsprune():
-    tree = ast.parse(Path(timer_xl.__file__).read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "relative import"
-            roots.add(node.module.split(".")[0])
+    roots = import_roots(timer_xl)
     assert roots - set(sys.stdlib_module_names) <= {"torch", "transformers"}, roots
