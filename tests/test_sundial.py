@@ -3,20 +3,21 @@
 seeded sampled multi-step forecasts (tiny and released sizes), checkpoint loading both ways, the rotary-pairs
 contract and the v5 NaN trap."""
 
-import ast
-import json
 import sys
-from pathlib import Path
 
-import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from own_models import (
+    check_checkpoints_both_ways,
+    check_rotary_tables_after_loading,
+    import_roots,
+    max_rel_error,
+    oracle_modules,
+)
+from own_models import randomize as randomize_weights
 
 import hf_tsprune  # noqa: F401  (registers the Auto classes)
 from hf_tsprune.models import sundial
 from hf_tsprune.models.sundial import SundialConfig, SundialForPrediction, apply_rotary
-
-ORACLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "oracles"
 
 TINY = dict(
     input_token_len=16,
@@ -36,33 +37,17 @@ BASE = dict()
 
 
 def oracle_classes():
-    if not (ORACLES / "sundial" / "modeling_sundial.py").is_file():
-        pytest.skip(f"Sundial oracle not found at {ORACLES.resolve()}")
-    if str(ORACLES) not in sys.path:
-        sys.path.insert(0, str(ORACLES))
-    from sundial.configuration_sundial import SundialConfig as OracleConfig
-    from sundial.modeling_sundial import SundialForPrediction as OracleModel
-
-    return OracleConfig, OracleModel
+    configuration, modeling = oracle_modules("sundial", "configuration_sundial", "modeling_sundial", name="Sundial")
+    return configuration.SundialConfig, modeling.SundialForPrediction
 
 
-def rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Max absolute difference relative to the largest reference magnitude."""
-    actual, expected = actual.detach(), expected.detach()
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+rel = max_rel_error
 
 
-@torch.no_grad()
 def randomize(model: torch.nn.Module) -> None:
     """Weights of unit-gain scale (N(0, 1/fan_in)), biases and norm parameters off their init, so that attention is
     far from uniform and every parameter (the flow head's zero-initialised modulations too) matters."""
-    for name, param in model.named_parameters():
-        if param.dim() == 2:
-            param.normal_(0.0, param.shape[1] ** -0.5)
-        elif ("norm" in name or "_ln" in name) and name.endswith("weight"):
-            param.copy_(1 + 0.1 * torch.randn_like(param))
-        else:
-            param.normal_(0.0, 0.1)
+    randomize_weights(model, norm_names=("norm", "_ln"))
 
 
 def pair(kwargs: dict, seed: int = 0):
@@ -178,39 +163,16 @@ def test_generator_equals_global_seed():
 
 def test_state_dict_keys_and_checkpoints_both_ways(tmp_path):
     oracle, ours = pair(TINY)
-    assert set(ours.state_dict()) == set(oracle.state_dict())
-    assert not any("rotary" in k or "inv_freq" in k for k in ours.state_dict())
     x = torch.randn(2, 64)
-    with torch.no_grad():
-        expected = seeded(lambda: oracle.generate(x.clone(), max_new_tokens=48, num_samples=2))
-
-    oracle.save_pretrained(tmp_path / "oracle")
-    loaded, info = SundialForPrediction.from_pretrained(tmp_path / "oracle", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    # the released config.json names its remote code in `auto_map`: the registered own class is used instead,
-    # without trust_remote_code (and the remote code, absent here, is never looked for)
-    config_file = tmp_path / "oracle" / "config.json"
-    config = json.loads(config_file.read_text())
-    config["auto_map"] = {
-        "AutoConfig": "configuration_sundial.SundialConfig",
-        "AutoModelForCausalLM": "modeling_sundial.SundialForPrediction",
-    }
-    config_file.write_text(json.dumps(config))
-    auto = AutoModelForCausalLM.from_pretrained(tmp_path / "oracle")
-    assert type(auto) is SundialForPrediction
-    for model in (loaded.eval(), auto.eval()):
-        with torch.no_grad():
-            got = seeded(lambda model=model: model.generate(x.clone(), max_new_tokens=48, num_samples=2))
-        assert torch.isfinite(got).all()
-        assert rel(got, expected) < 1e-5
-
-    _, OracleModel = oracle_classes()
-    ours.save_pretrained(tmp_path / "ours")
-    back, info = OracleModel.from_pretrained(tmp_path / "ours", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    with torch.no_grad():
-        got = seeded(lambda: back.eval().generate(x.clone(), max_new_tokens=48, num_samples=2))
-    assert rel(got, expected) < 1e-5
+    auto_map = ("configuration_sundial.SundialConfig", "modeling_sundial.SundialForPrediction")
+    check_checkpoints_both_ways(
+        oracle,
+        ours,
+        oracle_classes()[1],
+        auto_map,
+        lambda model: seeded(lambda: model.generate(x.clone(), max_new_tokens=48, num_samples=2)),
+        tmp_path,
+    )
 
 
 def test_from_pretrained_rotary_tables_finite(tmp_path):
@@ -218,16 +180,10 @@ def test_from_pretrained_rotary_tables_finite(tmp_path):
     torch.manual_seed(0)
     model = SundialForPrediction(SundialConfig(**TINY)).eval()
     randomize(model)
-    model.save_pretrained(tmp_path)
-    loaded = SundialForPrediction.from_pretrained(tmp_path).eval()
-    for mine, theirs in zip(model.model.layers, loaded.model.layers):
-        for name in ("inv_freq", "cos_cached", "sin_cached"):
-            assert torch.equal(getattr(mine.self_attn.rotary_emb, name), getattr(theirs.self_attn.rotary_emb, name))
     x = torch.randn(2, 64)
-    with torch.no_grad():
-        got = seeded(lambda: loaded.generate(x, max_new_tokens=80, num_samples=2))
-        assert torch.isfinite(got).all()
-        assert torch.equal(got, seeded(lambda: model.generate(x, max_new_tokens=80, num_samples=2)))
+    check_rotary_tables_after_loading(
+        model, lambda m: seeded(lambda: m.generate(x, max_new_tokens=80, num_samples=2)), tmp_path
+    )
 
 
 def test_eager_attention_equals_sdpa():
@@ -303,12 +259,5 @@ def test_rotary_pairs_contract():
 
 
 def test_module_imports_no_hf_tsprune():
-    tree = ast.parse(Path(sundial.__file__).read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "relative import"
-            roots.add(node.module.split(".")[0])
+    roots = import_roots(sundial)
     assert roots - set(sys.stdlib_module_names) <= {"torch", "transformers"}, roots
