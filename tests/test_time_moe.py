@@ -8,18 +8,15 @@ of the pruning engine, the loss uses every target, nothing is modified in place,
 The oracle tests skip when ../shared/oracles is absent.
 """
 
-import ast
 import copy
-import importlib
-import json
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from own_models import assert_clean_loading, import_roots, max_rel_error, name_remote_code, oracle_modules
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.initialization import no_init_weights
 
@@ -27,7 +24,6 @@ import hf_tsprune  # noqa: F401  (registers the Auto classes)
 from hf_tsprune.models import time_moe
 from hf_tsprune.models.time_moe import TimeMoeConfig, TimeMoeForPrediction, TimeMoeRotaryEmbedding
 
-ORACLES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "oracles").resolve()
 TOL = 1e-5
 
 TINY = dict(
@@ -74,17 +70,14 @@ RELEASED = {"TimeMoE-50M": (TIME_MOE_50M, 113_352_192), "TimeMoE-200M": (TIME_MO
 @pytest.fixture(scope="module")
 def oracle():
     """The oracle's configuration and model classes (skips when ../shared/oracles is absent)."""
-    if not (ORACLES / "time_moe" / "modeling_time_moe.py").is_file():
-        pytest.skip(f"the Time-MoE oracle is absent ({ORACLES}/time_moe)")
-    if str(ORACLES) not in sys.path:
-        sys.path.insert(0, str(ORACLES))
-    configuration = importlib.import_module("time_moe.configuration_time_moe")
-    modeling = importlib.import_module("time_moe.modeling_time_moe")
+    configuration, modeling = oracle_modules(
+        "time_moe", "configuration_time_moe", "modeling_time_moe", name="Time-MoE"
+    )
     return configuration.TimeMoeConfig, modeling.TimeMoeForPrediction
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+    return max_rel_error(actual, expected, floor=1e-30)
 
 
 def tiny_pair(oracle, **overrides):
@@ -233,11 +226,6 @@ def test_released_size_equals_oracle(oracle, name):
 # -- checkpoints ------------------------------------------------------------------------------------------------------
 
 
-def assert_clean(info: dict) -> None:
-    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
-        assert not info[kind], f"{kind}: {info[kind]}"
-
-
 def test_checkpoints_load_both_ways(oracle, tmp_path):
     _, oracle_model = oracle
     reference, ours = tiny_pair(oracle)
@@ -248,7 +236,7 @@ def test_checkpoints_load_both_ways(oracle, tmp_path):
 
     reference.save_pretrained(tmp_path / "oracle")
     loaded, info = TimeMoeForPrediction.from_pretrained(tmp_path / "oracle", output_loading_info=True)
-    assert_clean(info)
+    assert_clean_loading(info)
     assert not any("rotary" in key for key in loaded.state_dict())
     fresh = TimeMoeRotaryEmbedding(16, TINY["max_position_embeddings"], 10000)
     for module in loaded.modules():
@@ -264,18 +252,14 @@ def test_checkpoints_load_both_ways(oracle, tmp_path):
     auto = AutoModelForCausalLM.from_pretrained(tmp_path / "oracle")
     assert type(auto) is TimeMoeForPrediction
     # as on the Hub: config.json names the remote code, which is not there; without trust_remote_code ours loads
-    config_file = tmp_path / "oracle" / "config.json"
-    config = json.loads(config_file.read_text())
-    config["auto_map"] = {
-        "AutoConfig": "configuration_time_moe.TimeMoeConfig",
-        "AutoModelForCausalLM": "modeling_time_moe.TimeMoeForPrediction",
-    }
-    config_file.write_text(json.dumps(config))
+    name_remote_code(
+        tmp_path / "oracle", "configuration_time_moe.TimeMoeConfig", "modeling_time_moe.TimeMoeForPrediction"
+    )
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "oracle")) is TimeMoeForPrediction
 
     ours.save_pretrained(tmp_path / "ours")
     back, info = oracle_model.from_pretrained(tmp_path / "ours", output_loading_info=True)
-    assert_clean(info)
+    assert_clean_loading(info)
     with torch.no_grad():
         assert rel_err(back.eval()(input_ids=series.clone(), max_horizon_length=8).logits, expected) < TOL
     reloaded = TimeMoeForPrediction.from_pretrained(tmp_path / "ours").eval()
@@ -300,12 +284,7 @@ def test_module_runs_as_remote_code(tmp_path):
     folder = tmp_path / "remote"
     model.save_pretrained(folder)
     shutil.copy(time_moe.__file__, folder / "time_moe.py")
-    config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {
-        "AutoConfig": "time_moe.TimeMoeConfig",
-        "AutoModelForCausalLM": "time_moe.TimeMoeForPrediction",
-    }
-    (folder / "config.json").write_text(json.dumps(config))
+    name_remote_code(folder, "time_moe.TimeMoeConfig", "time_moe.TimeMoeForPrediction")
     series = torch.randn(2, 40)
     torch.save(series, tmp_path / "series.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
@@ -550,13 +529,6 @@ def test_removing_an_unused_expert_with_kept_experts_is_exact():
 
 
 def test_module_imports_only_stdlib_torch_transformers():
-    tree = ast.parse(Path(time_moe.__file__).read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "relative import"
-            roots.add(node.module.split(".")[0])
+    roots = import_roots(time_moe)
     assert "hf_tsprune" not in roots
     assert roots - set(sys.stdlib_module_names) <= {"torch", "transformers"}
