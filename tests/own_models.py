@@ -83,6 +83,38 @@ def randomize(model: torch.nn.Module, norm_names: tuple[str, ...] = ("norm",)) -
             param.normal_(0.0, 0.1)
 
 
+def oracle_pair(
+    oracle_classes: tuple[type, type],
+    own_classes: tuple[type, type],
+    kwargs: dict,
+    seed: int = 0,
+    randomize: Callable[[torch.nn.Module], None] = randomize,
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """An oracle model with random weights (`randomize`, after seeding with `seed`) and ours with its state dict
+    loaded strictly, both in eval mode.
+
+    Args:
+        oracle_classes (`tuple[type, type]`), own_classes (`tuple[type, type]`): Configuration and model classes.
+        kwargs (`dict`): The configuration of both.
+    """
+    oracle_config, oracle_model = oracle_classes
+    own_config, own_model = own_classes
+    torch.manual_seed(seed)
+    oracle = oracle_model(oracle_config(**kwargs)).eval()
+    randomize(oracle)
+    ours = own_model(own_config(**kwargs)).eval()
+    ours.load_state_dict(oracle.state_dict(), strict=True)
+    return oracle, ours
+
+
+def kept_rows(linear: torch.nn.Linear, rows: torch.Tensor) -> torch.nn.Linear:
+    """A Linear (with bias) of the given output `rows` of `linear` (call under `no_grad`)."""
+    new = torch.nn.Linear(linear.in_features, len(rows), bias=True)
+    new.weight.copy_(linear.weight[rows])
+    new.bias.copy_(linear.bias[rows])
+    return new
+
+
 def assert_clean_loading(info: dict) -> None:
     """No missing, unexpected or mismatched key in a `from_pretrained(..., output_loading_info=True)` report."""
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):

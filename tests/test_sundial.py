@@ -10,8 +10,10 @@ from own_models import (
     check_checkpoints_both_ways,
     check_rotary_tables_after_loading,
     import_roots,
+    kept_rows,
     max_rel_error,
     oracle_modules,
+    oracle_pair,
 )
 from own_models import randomize as randomize_weights
 
@@ -52,13 +54,7 @@ def randomize(model: torch.nn.Module) -> None:
 
 def pair(kwargs: dict, seed: int = 0):
     """An oracle model with random weights and ours with its state dict loaded strictly."""
-    OracleConfig, OracleModel = oracle_classes()
-    torch.manual_seed(seed)
-    oracle = OracleModel(OracleConfig(**kwargs)).eval()
-    randomize(oracle)
-    ours = SundialForPrediction(SundialConfig(**kwargs)).eval()
-    ours.load_state_dict(oracle.state_dict(), strict=True)
-    return oracle, ours
+    return oracle_pair(oracle_classes(), (SundialConfig, SundialForPrediction), kwargs, seed, randomize)
 
 
 def seeded(fn, seed: int = 7):
@@ -228,11 +224,7 @@ def test_rotary_pairs_contract():
             z_attn.k_proj.bias[~keep.reshape(-1)] = 0
             p_attn = pruned.model.layers[layer].self_attn
             for name in ("q_proj", "k_proj"):
-                old = getattr(p_attn, name)
-                new = torch.nn.Linear(old.in_features, len(rows), bias=True)
-                new.weight.copy_(old.weight[rows])
-                new.bias.copy_(old.bias[rows])
-                setattr(p_attn, name, new)
+                setattr(p_attn, name, kept_rows(getattr(p_attn, name), rows))
             p_attn.head_dim = 2 * n_keep
             p_attn.rotary_pairs = pairs
             assert p_attn.scaling == d**-0.5

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from own_models import assert_clean_loading, import_roots, max_rel_error, name_remote_code, oracle_modules
+from own_models import assert_clean_loading, import_roots, kept_rows, max_rel_error, name_remote_code, oracle_modules
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.initialization import no_init_weights
 
@@ -326,11 +326,7 @@ def pruned_and_zeroed(attention, pairs: torch.Tensor):
         zeroed.q_proj.weight[dropped] = 0.0
         zeroed.q_proj.bias[dropped] = 0.0
         for name, kept in (("q_proj", q_rows), ("k_proj", k_rows)):
-            full = getattr(attention, name)
-            linear = torch.nn.Linear(full.in_features, kept.numel(), bias=True)
-            linear.weight.copy_(full.weight[kept])
-            linear.bias.copy_(full.bias[kept])
-            setattr(pruned, name, linear)
+            setattr(pruned, name, kept_rows(getattr(attention, name), kept))
     pruned.head_dim = 2 * pairs.shape[1]
     pruned.register_buffer("rotary_pairs", pairs)
     return pruned, zeroed

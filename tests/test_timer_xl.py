@@ -9,8 +9,10 @@ from own_models import (
     check_checkpoints_both_ways,
     check_rotary_tables_after_loading,
     import_roots,
+    kept_rows,
     max_rel_error,
     oracle_modules,
+    oracle_pair,
     randomize,
 )
 
@@ -41,13 +43,7 @@ rel = max_rel_error
 
 def pair(kwargs: dict, seed: int = 0):
     """An oracle model with random weights and ours with its state dict loaded strictly."""
-    OracleConfig, OracleModel = oracle_classes()
-    torch.manual_seed(seed)
-    oracle = OracleModel(OracleConfig(**kwargs)).eval()
-    randomize(oracle)
-    ours = TimerForPrediction(TimerConfig(**kwargs)).eval()
-    ours.load_state_dict(oracle.state_dict(), strict=True)
-    return oracle, ours
+    return oracle_pair(oracle_classes(), (TimerConfig, TimerForPrediction), kwargs, seed, randomize)
 
 
 def compare(oracle, ours, context: int, horizon: int) -> dict:
@@ -190,11 +186,7 @@ def test_rotary_pairs_contract():
         rows = torch.cat(rows)
         p_attn = pruned.model.layers[1].self_attn
         for name in ("q_proj", "k_proj"):
-            old = getattr(p_attn, name)
-            new = torch.nn.Linear(old.in_features, len(rows), bias=True)
-            new.weight.copy_(old.weight[rows])
-            new.bias.copy_(old.bias[rows])
-            setattr(p_attn, name, new)
+            setattr(p_attn, name, kept_rows(getattr(p_attn, name), rows))
         p_attn.head_dim = 2 * n_keep
         p_attn.rotary_pairs = pairs
         assert p_attn.scaling == d**-0.5
