@@ -180,8 +180,9 @@ class PruningCallback(TrainerCallback):
         groups = masked_groups(model)
         check_finite_gradients(self.stage, state.global_step + 1, {g.name: g.mask.grad for g in groups})
         if not self.finished:
+            used = [g.mask.grad is not None for g in groups]
             grads = [g.mask.grad if g.mask.grad is not None else torch.zeros_like(g.mask) for g in groups]
-            self.scorer.update_scores(self.importance(groups, grads, self.generator))
+            self.scorer.update_scores(self.importance(groups, grads, self.generator), used)
         for g in groups:
             g.mask.grad = None  # masks change only by pruning: the optimizer skips parameters without gradient
         if self.finished:
@@ -201,7 +202,7 @@ class PruningCallback(TrainerCallback):
             num_alive=self.scorer.num_alive,
             max_sparsity=self.config.max_sparsity,
         )
-        self.pruned_this_epoch += self.scorer.prune(num_to_prune)
+        self.pruned_this_epoch += self.scorer.prune(num_to_prune, used)
         self._write_masks(groups)
         if total_units - self.scorer.num_alive >= max_pruned_units(total_units, self.config.max_sparsity):
             self.finished = True

@@ -5,7 +5,10 @@ The paper's method ("Less is More", arXiv 2505.23195):
 - score each channel by the first-order Taylor importance of its mask, `s = -grad(mask) * mask`, computed on the mean
   loss of one optimizer step (so gradient accumulation gives the paper's macro batch);
 - smooth the scores across steps with an EMA, `ŝ ← α·s + (1−α)·ŝ` (α = `ema`; the first step sets `ŝ = s`);
-- at every step zero the globally lowest-scored channels still alive, with one threshold across all masks.
+- at every step zero the channels still alive with the lowest absolute EMA score `|ŝ|`, with one threshold across
+  all masks (as the authors' implementation ranks them: a channel whose removal moves the loss little either way goes
+  first); a mask that gets no gradient in a step (its channels do not reach the loss) is neither scored nor pruned
+  there.
 
 The importance is pluggable (`PruningConfig.importance`, or any callable of the same signature passed to
 `PruningCallback(importance=...)`): `"taylor"` (the paper's), `"magnitude"` (the L2 norm of the weights a channel
@@ -121,6 +124,15 @@ def taylor_importance(
     return [taylor_scores(grad, g.mask).cpu() for g, grad in zip(groups, grads)]
 
 
+def absolute_taylor_importance(
+    groups: Sequence, grads: Sequence[torch.Tensor], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """`|grad(mask) * mask|`: the size of the first-order change of the loss when a channel goes, whatever its sign
+    (Molchanov et al., 2019). Channels whose removal the linear term says would lower the loss are often the most
+    important ones (large gradients come with large curvature), which the signed score prunes first."""
+    return [taylor_scores(grad, g.mask).abs().cpu() for g, grad in zip(groups, grads)]
+
+
 def _squared_row_norms(layer: torch.nn.Linear) -> torch.Tensor:
     norms = layer.weight.detach().float().pow(2).sum(1)
     return norms + layer.bias.detach().float().pow(2) if layer.bias is not None else norms
@@ -167,6 +179,7 @@ def random_importance(
 
 IMPORTANCE: dict[str, Importance] = {
     "taylor": taylor_importance,
+    "taylor_abs": absolute_taylor_importance,
     "magnitude": magnitude_importance,
     "random": random_importance,
 }
@@ -340,18 +353,28 @@ class TaylorScorer:
         """Adds one optimizer step's Taylor scores to the EMA."""
         self.update_scores([taylor_scores(grad, mask).cpu() for grad, mask in zip(grads, masks)])
 
-    def update_scores(self, step_scores: list[torch.Tensor]) -> None:
-        """Adds one optimizer step's scores (any importance, one tensor per group) to the EMA."""
+    def update_scores(self, step_scores: list[torch.Tensor], used: list[bool] | None = None) -> None:
+        """Adds one optimizer step's scores (any importance, one tensor per group) to the EMA; a group not `used` in
+        the step (its mask got no gradient: the loss did not depend on it) keeps its previous EMA."""
         for i, scores in enumerate(step_scores):
-            self.ema_scores[i] = ema_update(self.ema_scores[i], scores.detach().float().cpu(), self.config.ema)
+            if used is None or used[i]:
+                self.ema_scores[i] = ema_update(self.ema_scores[i], scores.detach().float().cpu(), self.config.ema)
 
-    def prune(self, num_to_prune: int) -> int:
-        """Marks the `num_to_prune` lowest-ranked alive units as pruned; returns how many went."""
-        if num_to_prune <= 0 or self.ema_scores[0] is None:
+    def prune(self, num_to_prune: int, eligible: list[bool] | None = None) -> int:
+        """Marks the `num_to_prune` alive units of the lowest absolute EMA score as pruned; returns how many went.
+
+        The rank is `|EMA(s)|`, as in the authors' implementation of the method: a channel whose removal moves the
+        loss little either way goes first. Ranking the signed Taylor score instead removes first the channels with
+        the most negative first-order term, which are often the most important ones (on the bundled reference model
+        the 25 lowest signed scores cost 240 times the validation loss of 25 random channels when removed one at a
+        time). Groups not `eligible` (no gradient in this step) or never scored keep their units.
+        """
+        usable = [s is not None and (eligible is None or eligible[i]) for i, s in enumerate(self.ema_scores)]
+        if num_to_prune <= 0 or not any(usable):
             return 0
         pruned = select_units_to_prune(
-            self.ema_scores,
-            self.alive,
+            [s.abs() if ok else torch.zeros(a.numel()) for s, a, ok in zip(self.ema_scores, self.alive, usable)],
+            [a if ok else torch.zeros_like(a) for a, ok in zip(self.alive, usable)],
             num_to_prune,
             costs=self.unit_costs if self.config.cost_normalized else None,
             block_sizes=self.block_sizes,

@@ -184,3 +184,15 @@ def test_importance_functions_score_every_unit():
         PruningConfig(importance="fisher")
     with pytest.raises(ValueError, match="min_sparsity=0.95 must lie in"):
         PruningConfig(min_sparsity=0.95)
+
+
+def test_scorer_ranks_by_absolute_ema_and_skips_groups_without_gradient():
+    """The authors' implementation ranks |EMA(-grad * mask)|: a large negative first-order term marks an important
+    channel, not a free one; a group whose mask got no gradient in a step keeps its EMA and its channels."""
+    scorer = TaylorScorer(PruningConfig(ema=1.0), [4, 3], [torch.ones(4), torch.ones(3)], [False, False])
+    scorer.update_scores([torch.tensor([-5.0, 0.1, 2.0, -0.05]), torch.tensor([0.0, 0.0, 0.0])], used=[True, False])
+    assert scorer.ema_scores[1] is None  # never used: never scored
+    assert scorer.prune(2, eligible=[True, False]) == 2
+    assert scorer.alive[0].tolist() == [True, False, True, False] and scorer.alive[1].all()
+    scorer.update_scores([torch.tensor([9.0, 9.0, 9.0, 9.0]), torch.tensor([0.3, -0.2, 0.1])], used=[True, True])
+    assert scorer.prune(1) == 1 and scorer.alive[1].tolist() == [True, True, False]  # |0.1| is the lowest
