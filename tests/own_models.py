@@ -29,6 +29,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_surgery import masked_vs_shrunk, params
 from transformers import AutoModelForCausalLM
 
 from hf_tsprune import get_spec
@@ -250,6 +251,29 @@ def round_trip(model, fresh_model: torch.nn.Module) -> None:
     fresh.load_state_dict(model.state_dict(), strict=True)
     inputs = get_spec(model).example_inputs(model, 2, generator=torch.Generator().manual_seed(3))
     assert torch.equal(forecast(model, inputs), forecast(fresh.eval(), inputs))
+
+
+def check_exact_rotary_shrink(model: torch.nn.Module, masks: dict, full_head_dim: int, num_rotary: int = 2):
+    """Masked vs shrunk within 1e-5 (forecast and the plan's own check), the parameter count the plan's, fewer
+    parameters and FLOPs, and the rotary pairs of each of the `num_rotary` layers cut: every attention's query/key
+    head dimension twice its kept pairs, its softmax scale that of `full_head_dim`, its `rotary_pairs` buffer one row
+    of kept pairs per key/value head.
+
+    Returns:
+        The plan ([`hf_tsprune.PruningPlan`]).
+    """
+    plan, rel, shrunk = masked_vs_shrunk(model, masks)
+    assert rel < 1e-5 and plan.max_rel_error < 1e-5 and torch.isfinite(shrunk).all()
+    assert params(model) == plan.params_after < plan.params_before
+    assert plan.flops_after < plan.flops_before
+    rotary = [g for g in plan.groups if g.kind == "rotary"]
+    assert len(rotary) == num_rotary and all(g.units_after < g.units_before for g in rotary)
+    for layer, group in zip(model.model.layers, rotary):
+        attention = layer.self_attn
+        assert attention.head_dim == 2 * group.pairs_after and attention.scaling == full_head_dim**-0.5
+        if getattr(attention, "rotary_pairs", None) is not None:
+            assert attention.rotary_pairs.shape == (attention.num_key_value_heads, group.pairs_after)
+    return plan
 
 
 def check_module_travels(files, folder: Path, module_file: str) -> None:

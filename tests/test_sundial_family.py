@@ -15,6 +15,7 @@ import json
 import pytest
 import torch
 from own_models import (
+    check_exact_rotary_shrink,
     check_fresh_process_reloads,
     check_module_travels,
     check_recipes,
@@ -87,17 +88,7 @@ def test_exact_shrink_tiny(fraction, flow_head):
     model = build()
     (with_flow_head if flow_head else install_masks)(model)
     masks = random_masks(model, fraction, seed=int(fraction * 10))
-    plan, rel, shrunk = masked_vs_shrunk(model, masks)
-    assert rel < 1e-5 and plan.max_rel_error < 1e-5 and torch.isfinite(shrunk).all()
-    assert params(model) == plan.params_after < plan.params_before
-    assert plan.flops_after < plan.flops_before
-    rotary = [g for g in plan.groups if g.kind == "rotary"]
-    assert len(rotary) == 2 and all(g.units_after < g.units_before for g in rotary)
-    for layer, group in zip(model.model.layers, rotary):
-        attention = layer.self_attn
-        assert attention.head_dim == 2 * group.pairs_after and attention.scaling == 8**-0.5
-        if attention.rotary_pairs is not None:
-            assert attention.rotary_pairs.shape == (attention.num_key_value_heads, group.pairs_after)
+    check_exact_rotary_shrink(model, masks, full_head_dim=8)
     flow = model.flow_loss.net
     widths = [block.mlp[0].out_features for block in flow.res_blocks] + [flow.time_embed.mlp[0].out_features]
     assert widths == ([round((1 - fraction) * 32)] * 3 if flow_head else [32] * 3)

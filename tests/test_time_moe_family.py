@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 from own_models import (
+    check_exact_rotary_shrink,
     check_fresh_process_reloads,
     check_module_travels,
     check_recipes,
@@ -129,17 +130,7 @@ def test_exact_shrink_with_rotary_pairs_and_removed_experts(fraction):
         assert block.kept_experts.tolist() == torch.nonzero(mask).flatten().tolist()
         assert block.gate.out_features == 4 and len(block.experts) == block.num_experts == 3  # the router stays whole
     install_masks(model)
-    plan, rel, shrunk = masked_vs_shrunk(model, random_masks(model, fraction, seed=seed))
-    assert rel < 1e-5 and plan.max_rel_error < 1e-5 and torch.isfinite(shrunk).all()
-    assert params(model) == plan.params_after < plan.params_before
-    assert plan.flops_after < plan.flops_before
-    rotary = [g for g in plan.groups if g.kind == "rotary"]
-    assert len(rotary) == 2 and all(g.units_after < g.units_before for g in rotary)
-    for layer, group in zip(model.model.layers, rotary):
-        attention = layer.self_attn
-        assert attention.head_dim == 2 * group.pairs_after and attention.scaling == 8**-0.5
-        if getattr(attention, "rotary_pairs", None) is not None:
-            assert attention.rotary_pairs.shape == (attention.num_key_value_heads, group.pairs_after)
+    check_exact_rotary_shrink(model, random_masks(model, fraction, seed=seed), full_head_dim=8)
     layout = model.config.hf_tsprune_layout
     assert list(layout)[:2] == list(BLOCKS) and layout[BLOCKS[0]]["num_experts"] == 3
     round_trip(model)
