@@ -56,7 +56,8 @@ def main():
     # 2. prune run: masks on, weights frozen, 40% of the channels go in one epoch; best mask set by validation
     #    (the unpruned model of step 0 included: eval_on_start)
     install_masks(model)
-    callback = PruningCallback(PruningConfig(ratio_per_epoch=0.4, ema=0.3))
+    # min_sparsity: without it validation keeps the unpruned model here (a mask set is judged before any finetuning)
+    callback = PruningCallback(PruningConfig(ratio_per_epoch=0.4, ema=0.3, min_sparsity=0.2))
     args = TrainingArguments("runs/quickstart-prune", num_train_epochs=1, eval_strategy="steps", eval_steps=8, eval_on_start=True,
                              max_grad_norm=0.0, **common)  # fmt: skip
     Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation, callbacks=[callback]).train()
