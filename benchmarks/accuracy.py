@@ -69,7 +69,7 @@ FULL_HORIZONS = [96, 192, 336, 720]
 CONTROLS = {  # name: (importance, ema)
     "Taylor + EMA (ours)": ("taylor", 0.3),
     "Taylor, no EMA": ("taylor", 1.0),
-    "|Taylor| + EMA": ("taylor_abs", 0.3),
+    "abs(Taylor) + EMA": ("taylor_abs", 0.3),
     "weight magnitude": ("magnitude", 1.0),
     "random": ("random", 1.0),
 }
