@@ -1,7 +1,7 @@
 """The paper's accuracy table on one model: zero-shot, full finetune (FT), prune only and prune-then-finetune (PTF),
 with a few-shot column and equal-sparsity controls of the importance scores.
 
-    python benchmarks/accuracy.py                                   # ETTh1 H=96, the reference model (~15 min)
+    python benchmarks/accuracy.py                                   # ETTh1 H=96, the reference model (~7 min)
     python benchmarks/accuracy.py --full --data_dir ../shared/data  # the paper's grid: 5 datasets x 96/192/336/720
     python benchmarks/accuracy.py --model_name_or_path runs/my-model --datasets ETTm1 --horizons 96 --seeds 42
     python benchmarks/accuracy.py --skip_controls --train_fractions 0.05 0.1
@@ -19,7 +19,7 @@ windows), with the library's own stages (`hf_tsprune.pipeline`: `prune_stage`, `
 
 The default run (ETTh1, the bundled file, horizon 96, context 512, three seeds; training windows every 32 steps,
 validation windows every 32, validation every 15 optimizer steps, 2 finetune epochs with early stopping after 3
-evaluations without improvement; the controls score every 8th test window) takes about 15 minutes on 2 CPU cores;
+evaluations without improvement; the controls score every 8th test window) takes about 7 minutes on 2 CPU cores;
 each horizon beyond the reference model's native 128 steps (`--horizons 96 336`) costs several times more, as its
 forecasts and training losses decode autoregressively. Every choice is made on the validation
 split; the test split is only scored. Headline cells repeat over `--seeds`
