@@ -84,7 +84,8 @@ def check_finite_metrics(stage: str, step: int, metrics: dict | None, keys: tupl
 
 def warn_without_eval_on_start(args, state, consequence: str) -> None:
     """Warns, at the start of a fresh run that evaluates, when `eval_on_start` is off: then `consequence`."""
-    if not args.eval_on_start and not state.global_step and args.eval_strategy != "no":
+    evaluates = getattr(args, "eval_strategy", "no") != "no"
+    if evaluates and not getattr(args, "eval_on_start", False) and not state.global_step:
         logger.warning(
             f"hf_tsprune: eval_on_start=False, so {consequence}; set TrainingArguments(eval_on_start=True) to judge "
             "the starting point on the same validation loss."

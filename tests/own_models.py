@@ -441,7 +441,17 @@ def check_recipes(
         `dict`: the `prune_finetune` results (`.to_dict()`); the pruned checkpoint is `tmp_path / "p" / "model"`.
     """
     model = str(task / "model")
-    run = ["--model_name_or_path", model, "--output_dir", str(tmp_path / "p"), "--eval_steps", "5"]
+    # --min_sparsity: a pruned checkpoint is what is under test (validation alone may keep the unpruned model)
+    run = [
+        "--model_name_or_path",
+        model,
+        "--output_dir",
+        str(tmp_path / "p"),
+        "--eval_steps",
+        "5",
+        "--min_sparsity",
+        "0.1",
+    ]
     results = recipe("prune_finetune", prefix).main([*run, *prune, *training_flags(task)]).to_dict()
     for stage in ("zero_shot", "pruned", "finetuned"):
         assert results[stage]["test"]["n_windows"] > 0 and np.isfinite(results[stage]["test"]["mse"])

@@ -91,7 +91,7 @@ def test_prune_shrink_finetune_save_and_reload_in_a_fresh_process(tmp_path):
     train, validation = Windows(32, 32, 1, 0), Windows(16, 32, 1, 1)
     common = dict(per_device_train_batch_size=8, label_names=training_label_names(model), report_to=[],
                   save_strategy="no", use_cpu=True, disable_tqdm=True, remove_unused_columns=False)  # fmt: skip
-    callback = PruningCallback(PruningConfig(ratio_per_epoch=0.3, ema=0.5))
+    callback = PruningCallback(PruningConfig(ratio_per_epoch=0.3, ema=0.5, min_sparsity=0.25))  # a pruned set
     prune_args = TrainingArguments(str(tmp_path / "prune"), num_train_epochs=1, eval_strategy="steps", eval_steps=2,
                                    max_grad_norm=0.0, learning_rate=1e-2, **common)  # fmt: skip
     Trainer(model=model, args=prune_args, train_dataset=train, eval_dataset=validation,

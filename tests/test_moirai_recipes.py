@@ -126,7 +126,10 @@ def test_moirai_folders_are_recognised_and_need_their_task_settings(task):
 def test_moirai_recipes_end_to_end(task, tmp_path, monkeypatch):
     captured = capture_saved_model(monkeypatch)
     run = tmp_path / "prune"
-    result = prune_finetune.main(argv(task, task / "moirai", run, "--patch_size", "8")).to_dict()
+    # --min_sparsity: the pruned checkpoint is under test (validation alone may keep the unpruned model)
+    result = prune_finetune.main(
+        argv(task, task / "moirai", run, "--patch_size", "8", "--min_sparsity", "0.2")
+    ).to_dict()
     saved = json.loads((run / "results.json").read_text())
     finite_figures(saved)
     assert saved["params_after"] < saved["params_before"] and 0.2 <= saved["sparsity"] <= 0.35

@@ -155,7 +155,8 @@ def test_prune_shrink_finetune_save_and_reload_in_a_fresh_process(tmp_path):
     check_module_travels(files, tmp_path / "pruned", "timer_xl.py")  # the own model module, verbatim
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
     pairs = [entry.get("rotary_pairs") for entry in config["hf_tsprune_layout"].values() if "v_head_dim" in entry]
-    assert len(pairs) == 2 and all(len(p) == 4 and len(p[0]) == 2 for p in pairs)  # 4 heads, 2 of 4 pairs each
+    # 4 heads with the same count of at most 2 of the 4 pairs each (the hand cut kept 2, the prune run may take more)
+    assert len(pairs) == 2 and all(len(p) == 4 and len({len(h) for h in p}) == 1 and len(p[0]) <= 2 for p in pairs)
     assert config["pruning"]["params_after"] == params(model)
     inputs = {"input_ids": torch.randn(3, 24, generator=torch.Generator().manual_seed(2))}
     with torch.no_grad():
