@@ -50,8 +50,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from hf_tsprune.data import get_window_source
 from hf_tsprune.evaluation import evaluate_forecaster
-from hf_tsprune.masks import get_masks, install_masks, set_masks
+from hf_tsprune.masks import get_masks, install_masks, masked_groups, set_masks
 from hf_tsprune.pipeline import (
     REFERENCE_MODEL_DIR,
     PruneFinetuneArguments,
@@ -63,6 +64,7 @@ from hf_tsprune.pipeline import (
     seed_everything,
     test_metrics,
 )
+from hf_tsprune.training import dropout_probabilities
 
 FULL_DATASETS = ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather"]
 FULL_HORIZONS = [96, 192, 336, 720]
@@ -82,14 +84,7 @@ def log(message: str, start: float) -> None:
 
 def has_dropout(model: torch.nn.Module) -> bool:
     """Whether any dropout of `model` has a non-zero probability (else FT with dropout on and off are one run)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout) and module.p > 0:
-            return True
-        for attr in ("attention_dropout", "dropout"):
-            value = getattr(module, attr, None)
-            if isinstance(value, float) and not isinstance(module, torch.nn.Dropout) and value > 0:
-                return True
-    return False
+    return any(value > 0 for _, _, value in dropout_probabilities(model))
 
 
 def split_metrics(model: torch.nn.Module, data, batch_size: int) -> dict:
@@ -132,12 +127,15 @@ class MaskSetsOnTheWay(TrainerCallback):
         self.recorded: dict[float, dict] = {}
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        masks = get_masks(model)
-        total = sum(m.numel() for m in masks.values())
-        sparsity = 1.0 - sum(float(m.sum()) for m in masks.values()) / total
-        for target in self.targets:
-            if target not in self.recorded and sparsity >= target - 1e-9:
-                self.recorded[target] = {"sparsity": sparsity, "step": state.global_step, "masks": masks}
+        due = [target for target in self.targets if target not in self.recorded]
+        if not due:
+            return
+        masks = [g.mask for g in masked_groups(model)]
+        sparsity = 1.0 - float(sum(m.sum() for m in masks)) / sum(m.numel() for m in masks)
+        reached = [target for target in due if sparsity >= target - 1e-9]
+        if reached:
+            record = {"sparsity": sparsity, "step": state.global_step, "masks": get_masks(model)}
+            self.recorded.update(dict.fromkeys(reached, record))
 
 
 def run_controls(base: torch.nn.Module, data, args: PruneFinetuneArguments, opts, folder: str, start: float) -> dict:
@@ -174,13 +172,8 @@ def run_controls(base: torch.nn.Module, data, args: PruneFinetuneArguments, opts
                     f"{figures['validation_mse']:.4f}, test MSE {figures['test_mse']:.4f}",
                     start,
                 )
-    return {"rows": rows, "dataset": dataset_name(args.dataset), "horizon": args.prediction_length,
+    return {"rows": rows, "dataset": get_window_source(data.test).name, "horizon": args.prediction_length,
             "test_every": every}  # fmt: skip
-
-
-def dataset_name(dataset: str) -> str:
-    """A benchmark name as it is, a file by its stem (`data/my_sensors.csv` -> `my_sensors`)."""
-    return Path(dataset).stem if os.path.isfile(dataset) else dataset
 
 
 def run_cell(opts, dataset: str, horizon: int, folder: str, start: float, controls: bool) -> dict:
@@ -196,7 +189,7 @@ def run_cell(opts, dataset: str, horizon: int, folder: str, start: float, contro
     )  # fmt: skip
     model = load_model(args.model_name_or_path, args)
     data = load_data(args, model)
-    cell = {"dataset": dataset_name(dataset), "source": dataset, "horizon": horizon, "train_windows": len(data.train),
+    cell = {"dataset": get_window_source(data.test).name, "source": dataset, "horizon": horizon, "train_windows": len(data.train),
             "validation_windows": len(data.validation), "params": count_parameters(model),
             "model_has_dropout": has_dropout(model), "seeds": []}  # fmt: skip
     cell["zero_shot"] = split_metrics(model, data, opts.batch_size)

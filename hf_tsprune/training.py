@@ -128,20 +128,28 @@ class ForecastCollator:
         return self._build(self._model, features, self.freq_index)
 
 
+def dropout_probabilities(model: nn.Module) -> list[tuple[nn.Module, str, float]]:
+    """Every dropout probability of `model` as `(module, attribute, value)`: each `nn.Dropout`'s `p`, and the float
+    `attention_dropout` / `dropout` attributes that attention modules pass to their kernels."""
+    found = []
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            found.append((module, "p", module.p))
+            continue
+        for attr in ("attention_dropout", "dropout"):
+            value = getattr(module, attr, None)
+            if isinstance(value, float):
+                found.append((module, attr, value))
+    return found
+
+
 @contextlib.contextmanager
 def dropout_disabled(model: nn.Module):
     """Within the block every dropout probability of `model` is 0 (the prune run scores a deterministic function);
     the original probabilities come back afterwards."""
-    saved = []
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            saved.append((module, "p", module.p))
-            module.p = 0.0
-        for attr in ("attention_dropout", "dropout"):
-            value = getattr(module, attr, None)
-            if isinstance(value, float) and not isinstance(module, nn.Dropout):
-                saved.append((module, attr, value))
-                setattr(module, attr, 0.0)
+    saved = dropout_probabilities(model)
+    for module, attr, _ in saved:
+        setattr(module, attr, 0.0)
     try:
         yield model
     finally:
