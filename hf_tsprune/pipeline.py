@@ -239,7 +239,10 @@ class PruneFinetuneArguments(TaskArguments):
     min_units_per_group: int = field(default=1, metadata={"help": "Channels each group keeps at least."})
     importance: str = field(
         default="taylor",
-        metadata={"help": "Channel score: taylor (the paper's), magnitude (weight norm) or random (chance baseline)."},
+        metadata={
+            "help": "Channel score: taylor (the paper's), taylor_abs (its absolute value before the EMA), magnitude "
+            "(weight norm) or random (the chance baseline)."
+        },
     )
     min_sparsity: float = field(
         default=0.0,
@@ -257,10 +260,10 @@ class PruneFinetuneArguments(TaskArguments):
     expert_threshold: float | None = field(
         default=None,
         metadata={
-            "help": "Mixture-of-experts models only (Moirai-MoE, Time-MoE): before the prune run, remove each layer's experts "
-            "scored at or below this (--expert_score usage: the layer's share of routed tokens relative to top-k, "
-            "summing to 1 over the layer; 0 removes only the experts no token reached); a negative value keeps only "
-            "the top-k per layer. Default: no expert removal."
+            "help": "Mixture-of-experts models only (Moirai-MoE, Time-MoE): before the prune run, remove each layer's "
+            "experts scored at or below this (--expert_score usage: the layer's share of routed tokens relative to "
+            "top-k, summing to 1 over the layer; 0 removes only the experts no token reached); a negative value keeps "
+            "only the top-k per layer. Default: no expert removal."
         },
     )
     prune_optional_groups: bool = field(
@@ -547,8 +550,8 @@ def check_expert_removal(args: PruneFinetuneArguments, model: nn.Module) -> None
     if getattr(args, "expert_threshold", None) is not None and not describe_expert_blocks(model):
         raise ValueError(
             f"--expert_threshold {args.expert_threshold}: {type(model).__name__} ({family_of(model)}) has no "
-            "mixture-of-experts block, so there is no expert to remove (expert removal applies to Moirai-MoE and Time-MoE). Drop "
-            "--expert_threshold."
+            "mixture-of-experts block, so there is no expert to remove (expert removal applies to Moirai-MoE and "
+            "Time-MoE). Drop --expert_threshold."
         )
 
 

@@ -11,9 +11,10 @@ The paper's method ("Less is More", arXiv 2505.23195):
   there.
 
 The importance is pluggable (`PruningConfig.importance`, or any callable of the same signature passed to
-`PruningCallback(importance=...)`): `"taylor"` (the paper's), `"magnitude"` (the L2 norm of the weights a channel
-removes, data-free) and `"random"` (seeded uniform scores: the chance baseline the Taylor scores must beat); the EMA and
-the global selection apply to all three (`ema=1.0` turns the smoothing off).
+`PruningCallback(importance=...)`): `"taylor"` (the paper's), `"taylor_abs"` (its absolute value before the EMA),
+`"magnitude"` (the L2 norm of the weights a channel removes, data-free) and `"random"` (seeded uniform scores: the
+chance baseline the Taylor scores must beat); the EMA and the global selection apply to all of them (`ema=1.0` turns
+the smoothing off).
 
 Two additions beyond the paper: `cost_normalized` ranks channels by score per parameter the channel would remove (the
 paper's threshold counts channels, so a wide FFN channel and a narrow head channel count the same), and `round_to`
@@ -51,9 +52,10 @@ class PruningConfig:
             Channels each group keeps at least (1 keeps at least one head per attention layer). 0 lets a whole block
             go; `shrink` then needs `allow_empty_blocks=True` to replace it by its exact constant equivalent.
         importance (`str`, defaults to `"taylor"`):
-            Channel score of each optimizer step: `"taylor"` (`-grad(mask) * mask`, the paper's), `"magnitude"` (L2
-            norm of the weights the channel removes; ignores the data) or `"random"` (uniform scores from a generator
-            seeded with `seed`: the chance baseline). See [`IMPORTANCE`].
+            Channel score of each optimizer step: `"taylor"` (`-grad(mask) * mask`, the paper's), `"taylor_abs"`
+            (its absolute value, taken before the EMA), `"magnitude"` (L2 norm of the weights the channel removes;
+            ignores the data) or `"random"` (uniform scores from a generator seeded with `seed`: the chance
+            baseline). See [`IMPORTANCE`].
         seed (`int`, defaults to 0):
             Seed of the `"random"` importance's generator (the same on every process, so ranks agree).
         min_sparsity (`float`, defaults to 0.0):
@@ -128,8 +130,8 @@ def absolute_taylor_importance(
     groups: Sequence, grads: Sequence[torch.Tensor], generator: torch.Generator
 ) -> list[torch.Tensor]:
     """`|grad(mask) * mask|`: the size of the first-order change of the loss when a channel goes, whatever its sign
-    (Molchanov et al., 2019). Channels whose removal the linear term says would lower the loss are often the most
-    important ones (large gradients come with large curvature), which the signed score prunes first."""
+    (Molchanov et al., 2019). Both Taylor importances are ranked by absolute value; this one takes it before the EMA,
+    so steps whose first-order terms have opposite signs add up instead of cancelling."""
     return [taylor_scores(grad, g.mask).abs().cpu() for g, grad in zip(groups, grads)]
 
 
