@@ -1,6 +1,7 @@
 """Dense vs shrunk forecast latency, FLOP ratios, and the cost of a prune-run step, per architecture.
 
-    python benchmarks/speed.py                                     # every released layout, ~50% pruned, 1 thread
+    python benchmarks/speed.py                                     # a released layout per family, ~50% pruned
+    python benchmarks/speed.py --models all                        # every released layout (larger Moirai, Time-MoE)
     python benchmarks/speed.py --models chronos chronos_bolt ttm    # needs chronos-forecasting, granite-tsfm
     python benchmarks/speed.py --round_to 1 8 --value_channels      # does rounding kept widths buy speed?
     python benchmarks/speed.py --macro_batch 8192 --models timesfm2_5 chronos_bolt  # the paper's prune-run step
@@ -19,7 +20,8 @@ at random — and shrinks a copy of the model. It then measures:
 - one prune-run step (masks installed, weights frozen: forward, backward, Taylor-score update) against one dense
   finetune step (forward, backward, AdamW step) on the same batch, with the peak memory of each (resident memory on
   CPU, allocated memory on CUDA), in a fresh subprocess per step kind; with `--macro_batch N`, also one optimizer step
-  over N windows through gradient accumulation (the paper's macro batch is 8192) for `--macro_models`.
+  over N windows through gradient accumulation of `--macro_micro_batch` windows at a time (the paper's macro batch is
+  8192) for `--macro_models`, warmed up by one micro-batch.
 
 Chronos, Chronos-Bolt and TTM use the released layouts written out in `tests/families.py` (chronos-t5-small,
 chronos-bolt-small, TTM r2 512-96), Chronos-2 the 120 M widths of `tests/test_chronos2.py` (context 512), Moirai 1.0-R small/base/large, Moirai-MoE 1.0-R
@@ -165,6 +167,10 @@ BUILDERS = {
     "time_moe_200m": time_moe_released("200M"),
 }
 """Name -> transformers (config class, model class) names built with their defaults, or a builder function."""
+
+LARGER_LAYOUTS = ("moirai_base", "moirai_large", "moirai_moe_base", "time_moe_200m")
+"""Layouts of a family that already has a smaller row in the default run (`--models all` adds them): the default
+run times one released layout per family, the smallest, so that it fits twice in an hour on 2 CPU cores."""
 
 PACKAGES = {"chronos": "chronos", "chronos_bolt": "chronos", "chronos2": "chronos", "ttm": "tsfm_public"}
 PACKAGES.update({name: "uni2ts" for name in BUILDERS if name.startswith("moirai")})
@@ -331,8 +337,8 @@ def step_worker(
         scorer = TaylorScorer(PruningConfig(), [g.num_units for g in groups], [g.unit_cost for g in groups],
                               [g.group.kind == "mlp" for g in groups])  # fmt: skip
 
-        def step():
-            for _ in range(accumulate):
+        def step(micro_batches: int = accumulate):
+            for _ in range(micro_batches):
                 model(**inputs)["loss"].backward()  # (a ModelOutput, or the dict of a wrapper such as Moirai's)
             scorer.update([g.mask.grad for g in groups], [g.mask for g in groups])
             for g in groups:
@@ -340,14 +346,14 @@ def step_worker(
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-        def step():
-            for _ in range(accumulate):
+        def step(micro_batches: int = accumulate):
+            for _ in range(micro_batches):
                 model(**inputs)["loss"].backward()  # (a ModelOutput, or the dict of a wrapper such as Moirai's)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
     sync = synchronizer(device) or (lambda: None)
-    step()  # warm-up (also allocates optimizer state)
+    step(1)  # warm-up: one micro-batch, then the score update or the AdamW step (which allocates its state)
     times = []
     for _ in range(repeats):
         sync()
@@ -386,12 +392,14 @@ def benchmark(
     step_batch: int = 16,
     step_repeats: int = 3,
     macro_batch: int = 0,
+    macro_micro_batch: int = 128,
     device: str = "cpu",
     dtype: str = "float32",
 ) -> dict:
     """Dense vs shrunk forecast latency (interleaved, see `interleaved_timing`) at each batch size, FLOPs and
     parameters, and the prune-run step vs the dense finetune step (at `step_batch`, and at `macro_batch` windows
-    through gradient accumulation when given; `step_batch=0` skips the steps)."""
+    through gradient accumulation of micro-batches of `macro_micro_batch` windows when given; `step_batch=0` skips
+    the steps)."""
     torch_dtype = getattr(torch, dtype)
     dense = build(name)
     spec = get_spec(dense)
@@ -430,7 +438,7 @@ def benchmark(
     del dense, shrunk
     steps = [(step_batch, 1)] if step_batch else []
     if macro_batch:
-        steps.append((step_batch, -(-macro_batch // step_batch)))
+        steps.append((macro_micro_batch, -(-macro_batch // macro_micro_batch)))
     for batch, accumulate in steps:
         suffix = "" if accumulate == 1 else "_macro"
         repeats = step_repeats if accumulate == 1 else 1
@@ -499,8 +507,9 @@ def markdown(results: list[dict], batch_sizes: tuple[int, ...] = (1, 64)) -> str
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--models", nargs="+", default=[n for n in BUILDERS if available(n)], choices=list(BUILDERS),
-        help="default: every family whose packages are installed",
+        "--models", nargs="+", default=[n for n in BUILDERS if available(n) and n not in LARGER_LAYOUTS],
+        choices=[*BUILDERS, "all"],
+        help="default: one released layout of every family whose packages are installed (`all`: every layout)",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (fixed for every measurement)")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 64])
@@ -516,6 +525,9 @@ def main():
     parser.add_argument(
         "--macro_batch", type=int, default=0, help="also time steps of this many windows (accumulated)"
     )
+    parser.add_argument(
+        "--macro_micro_batch", type=int, default=128, help="micro-batch of the accumulated macro step (memory bound)"
+    )
     parser.add_argument("--macro_models", nargs="+", default=["timesfm2_5", "chronos_bolt"], choices=list(BUILDERS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -528,6 +540,8 @@ def main():
         name, kind, batch, repeats, accumulate, device, dtype = args._step
         print(json.dumps(step_worker(name, kind, int(batch), int(repeats), int(accumulate), device, dtype)))
         return
+    if "all" in args.models:
+        args.models = [n for n in BUILDERS if available(n)]
     torch.manual_seed(0)
     timing = {"min_pairs": args.min_pairs, "max_seconds": args.max_seconds}
     results, started = [], time.perf_counter()
@@ -540,6 +554,7 @@ def main():
                     whole_heads=not args.value_channels,
                     step_batch=args.step_batch if round_to == args.round_to[0] else 0, step_repeats=args.step_repeats,
                     macro_batch=args.macro_batch if name in args.macro_models and round_to == args.round_to[0] else 0,
+                    macro_micro_batch=args.macro_micro_batch,
                     device=args.device, dtype=args.dtype,
                 )
             )  # fmt: skip
