@@ -3,9 +3,12 @@
     python benchmarks/speed.py                                     # a released layout per family, ~50% pruned
     python benchmarks/speed.py --models all                        # every released layout (larger Moirai, Time-MoE)
     python benchmarks/speed.py --models chronos chronos_bolt ttm    # needs chronos-forecasting, granite-tsfm
-    python benchmarks/speed.py --round_to 1 8 --value_channels      # does rounding kept widths buy speed?
+    python benchmarks/speed.py --round_to 1 8 --value_channels --pruned_fraction 0.45  # does round_to buy speed?
     python benchmarks/speed.py --macro_batch 8192 --models timesfm2_5 chronos_bolt  # the paper's prune-run step
     python benchmarks/speed.py --device cuda --dtype bfloat16         # on a GPU: speed-cuda.json / speed-cuda.md
+    python benchmarks/speed.py --compare run1.json run2.json       # every ratio of two runs: speed-reproducibility.*
+    python benchmarks/speed.py --report run.json macro.json        # collate runs as the sections of one speed.md
+    python benchmarks/speed.py --profile --models ttm --batch_sizes 1   # per-operator time, dense vs shrunk
 
 For each architecture's default config (the released layout, random weights) the script prunes about 50% of the
 prunable units — half of each attention layer's key/value heads and half of each feed-forward block's channels, chosen
@@ -193,10 +196,13 @@ def build(name: str) -> torch.nn.Module:
     return model_cls(config_cls()).eval()
 
 
-def half_masks(model: torch.nn.Module, seed: int = 0, whole_heads: bool = True) -> dict[str, torch.Tensor]:
-    """Half of each group's units, at random: of each attention layer's key/value heads (`whole_heads`) or of its value
-    channels (then the kept heads' value head dimension is the largest kept count: sizes that are no round numbers),
-    and half of each feed-forward block's channels."""
+def half_masks(
+    model: torch.nn.Module, seed: int = 0, whole_heads: bool = True, fraction: float = 0.5
+) -> dict[str, torch.Tensor]:
+    """Half of each attention layer's key/value heads (`whole_heads`), and `fraction` of every other group's units (its
+    feed-forward channels, rotary query/key pairs, or with `whole_heads=False` its value channels: then the kept
+    heads' value head dimension is the largest kept count), at random. A `fraction` other than 0.5 leaves widths that
+    are no round numbers (2048 channels, 0.45: 1127 kept), which is what `round_to` is for."""
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for group in describe_groups(model):
@@ -206,7 +212,7 @@ def half_masks(model: torch.nn.Module, seed: int = 0, whole_heads: bool = True) 
             masks[group.name] = heads.repeat_interleave(group.head_dim)
         else:
             keep = torch.ones(group.num_units, dtype=torch.bool)
-            keep[torch.randperm(group.num_units, generator=generator)[: group.num_units // 2]] = False
+            keep[torch.randperm(group.num_units, generator=generator)[: int(group.num_units * fraction)]] = False
             masks[group.name] = keep
     return masks
 
@@ -325,6 +331,7 @@ def step_worker(
     accumulate: int = 1,
     device: str = "cpu",
     dtype: str = "float32",
+    min_seconds: float = 0.0,
 ) -> dict:
     """Times one optimizer step of `kind` ("prune" or "finetune") in this (fresh) process: `accumulate` micro-batches
     of `batch_size` windows (forward + backward each; gradient accumulation gives the macro batch), then the Taylor
@@ -355,14 +362,14 @@ def step_worker(
     sync = synchronizer(device) or (lambda: None)
     step(1)  # warm-up: one micro-batch, then the score update or the AdamW step (which allocates its state)
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 1000):
         sync()
         start = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_kib() / 1024
-    return {"seconds": statistics.median(times), "peak_mib": peak, "repeats": repeats}
+    return {"seconds": statistics.median(times), "peak_mib": peak, "repeats": len(times)}
 
 
 def peak_rss_kib() -> int:
@@ -372,10 +379,12 @@ def peak_rss_kib() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
-def run_step(name: str, kind: str, batch_size: int, repeats: int, accumulate: int, device: str, dtype: str) -> dict:
+def run_step(
+    name: str, kind: str, batch_size: int, repeats: int, accumulate: int, device: str, dtype: str, min_seconds: float
+) -> dict:
     """`step_worker` in a fresh subprocess (its peak memory is the step's alone), on the same thread count."""
     cmd = [sys.executable, __file__, "--_step", name, kind, str(batch_size), str(repeats), str(accumulate), device,
-           dtype, "--threads", str(torch.get_num_threads())]  # fmt: skip
+           dtype, str(min_seconds), "--threads", str(torch.get_num_threads())]  # fmt: skip
     out = subprocess.run(
         cmd, check=True, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     )
@@ -388,9 +397,11 @@ def benchmark(
     batch_sizes: tuple[int, ...] = (1, 64),
     round_to: int = 1,
     whole_heads: bool = True,
+    pruned_fraction: float = 0.5,
     timing: dict | None = None,
     step_batch: int = 16,
     step_repeats: int = 3,
+    step_min_seconds: float = 5.0,
     macro_batch: int = 0,
     macro_micro_batch: int = 128,
     device: str = "cpu",
@@ -406,9 +417,12 @@ def benchmark(
     example = spec.example_inputs(dense, 1, generator=torch.Generator().manual_seed(0))
     shrunk = copy.deepcopy(dense)
     install_masks(shrunk)
-    plan = shrink(shrunk, half_masks(shrunk, whole_heads=whole_heads), example_inputs=example, round_to=round_to)
+    masks = half_masks(shrunk, whole_heads=whole_heads, fraction=pruned_fraction)
+    plan = shrink(shrunk, masks, example_inputs=example, round_to=round_to)
     result = {"name": name, "model": type(dense).__name__, "family": get_family(dense).name, "round_to": round_to}
     result["masks"] = "whole heads" if whole_heads else "value channels"
+    if pruned_fraction != 0.5:
+        result["masks"] += f", {pruned_fraction:g} of the channels"
     result.update(
         params_before=plan.params_before,
         params_after=plan.params_after,
@@ -441,10 +455,11 @@ def benchmark(
         steps.append((macro_micro_batch, -(-macro_batch // macro_micro_batch)))
     for batch, accumulate in steps:
         suffix = "" if accumulate == 1 else "_macro"
-        repeats = step_repeats if accumulate == 1 else 1
+        repeats, min_seconds = (step_repeats, step_min_seconds) if accumulate == 1 else (1, 0.0)
         try:
             prune, finetune = (
-                run_step(name, k, batch, repeats, accumulate, device, dtype) for k in ("prune", "finetune")
+                run_step(name, k, batch, repeats, accumulate, device, dtype, min_seconds)
+                for k in ("prune", "finetune")
             )
         except subprocess.CalledProcessError as error:  # e.g. killed for memory: the latency figures still count
             result[f"step_error{suffix}"] = f"{batch * accumulate} windows: exit {error.returncode}"
@@ -458,6 +473,7 @@ def benchmark(
             f"prune_step_peak_mib{suffix}": prune["peak_mib"],
             f"finetune_step_peak_mib{suffix}": finetune["peak_mib"],
             f"prune_over_finetune_memory{suffix}": prune["peak_mib"] / finetune["peak_mib"],
+            f"step_repeats{suffix}": [prune["repeats"], finetune["repeats"]],
         })  # fmt: skip
     return result
 
@@ -485,7 +501,7 @@ def markdown(results: list[dict], batch_sizes: tuple[int, ...] = (1, 64)) -> str
             f"| {r.get('name', r['model'])} (`{r['model']}`) | {r.get('masks', 'whole heads')}, {r['round_to']} | {r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M | "
             f"{r['flop_ratio']:.2f}× | {cells} | {ratios} |"
         )
-    steps = [r for r in results if "prune_step_ms" in r]
+    steps = [r for r in results if "prune_step_ms" in r or "prune_step_ms_macro" in r]
     if steps:
         lines += [
             "",
@@ -518,10 +534,29 @@ def main():
         "--value_channels", action="store_true",
         help="prune half of each attention layer's value channels instead of half of its heads (uneven sizes)",
     )  # fmt: skip
+    parser.add_argument(
+        "--pruned_fraction", type=float, default=0.5,
+        help="fraction of the feed-forward channels (and rotary pairs, value channels) pruned; heads: always half",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("FIRST_JSON", "SECOND_JSON"),
+        help="compare two runs' results (every ratio, run 2 / run 1) into <output_name or speed-reproducibility>.*",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report", nargs="+", metavar="JSON",
+        help="collate runs' (and comparisons') json files, one section each, into <output_name or speed>.md",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="instead of timing: torch.profiler of dense vs shrunk forecasts per operator (speed-profile.*)",
+    )  # fmt: skip
     parser.add_argument("--min_pairs", type=int, default=7, help="fewest interleaved dense/shrunk timing pairs")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="timing budget per model and batch size")
     parser.add_argument("--step_batch", type=int, default=16, help="micro-batch of the prune/finetune step (0: skip)")
-    parser.add_argument("--step_repeats", type=int, default=3)
+    parser.add_argument("--step_repeats", type=int, default=3, help="fewest timed steps of each kind")
+    parser.add_argument(
+        "--step_min_seconds", type=float, default=5.0, help="time steps of each kind until they add up to this"
+    )
     parser.add_argument(
         "--macro_batch", type=int, default=0, help="also time steps of this many windows (accumulated)"
     )
@@ -533,12 +568,36 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--output_name", default=None, help="file stem of the results (default speed / speed-cuda)")
-    parser.add_argument("--_step", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--_step", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args._step:
-        name, kind, batch, repeats, accumulate, device, dtype = args._step
-        print(json.dumps(step_worker(name, kind, int(batch), int(repeats), int(accumulate), device, dtype)))
+        name, kind, batch, repeats, accumulate, device, dtype, min_seconds = args._step
+        step = step_worker(name, kind, int(batch), int(repeats), int(accumulate), device, dtype, float(min_seconds))
+        print(json.dumps(step))
+        return
+    if args.profile:
+        profiles = []
+        for name in args.models:
+            for batch in args.batch_sizes:
+                print(f"profiling {name} at batch {batch} ...", flush=True)
+                profiles.append(profile_forecasts(name, batch))
+        out, stem = Path(args.output_dir), args.output_name or "speed-profile"
+        out.mkdir(parents=True, exist_ok=True)
+        command = " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]])
+        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "command": command}
+        (out / f"{stem}.json").write_text(json.dumps({"environment": meta, "profiles": profiles}, indent=2))
+        table = profile_markdown(profiles)
+        (out / f"{stem}.md").write_text(
+            f"{meta['threads']} thread(s), torch {meta['torch']}; `{command}`.\n\n" + table
+        )
+        print(table)
+        return
+    if args.report:
+        print(write_report(args, [(Path(f).stem, json.loads(Path(f).read_text())) for f in args.report]))
+        return
+    if args.compare:
+        print(write_comparison(args, *(json.loads(Path(f).read_text()) for f in args.compare)))
         return
     if "all" in args.models:
         args.models = [n for n in BUILDERS if available(n)]
@@ -551,8 +610,9 @@ def main():
             results.append(
                 benchmark(
                     name, batch_sizes=tuple(args.batch_sizes), round_to=round_to, timing=timing,
-                    whole_heads=not args.value_channels,
+                    whole_heads=not args.value_channels, pruned_fraction=args.pruned_fraction,
                     step_batch=args.step_batch if round_to == args.round_to[0] else 0, step_repeats=args.step_repeats,
+                    step_min_seconds=args.step_min_seconds,
                     macro_batch=args.macro_batch if name in args.macro_models and round_to == args.round_to[0] else 0,
                     macro_micro_batch=args.macro_micro_batch,
                     device=args.device, dtype=args.dtype,
@@ -581,18 +641,196 @@ def write_results(args: argparse.Namespace, results: list[dict], started: float)
         "command": " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]]),
     }
     stem = args.output_name or ("speed" if args.device == "cpu" else "speed-cuda")
-    (out / f"{stem}.json").write_text(json.dumps({"environment": meta, "results": results}, indent=2))
+    run = {"environment": meta, "results": results}
+    (out / f"{stem}.json").write_text(json.dumps(run, indent=2))
+    (out / f"{stem}.md").write_text(run_markdown(run, tuple(args.batch_sizes)) + "\n")
+    return table
+
+
+def run_markdown(run: dict, batch_sizes: tuple[int, ...] = (1, 64)) -> str:
+    """One run's `speed.json` as markdown: where and how it ran, the steps that failed, and `markdown`'s tables."""
+    meta = run["environment"]
     where = (
-        f"{meta['device']}, {args.dtype}"
-        if args.device != "cpu"
+        f"{meta['device']}, {meta['dtype']}"
+        if meta["device"] != "cpu"
         else f"CPU ({meta['cpu']}, {meta['cpu_count']} cores)"
     )
-    header = (
-        f"{where}, {meta['threads']} thread(s), torch {meta['torch']}; `{meta['command']}` ({meta['wall_seconds']:.0f} s)."
-        "\nSpeed-ups: median [interquartile range] of dense/shrunk time over interleaved pairs.\n"
+    errors = "".join(
+        f" {r['name']}: step not measured ({r[key]})."
+        for r in run["results"]
+        for key in r
+        if key.startswith("step_error")
     )
-    (out / f"{stem}.md").write_text(f"{header}\n{table}\n")
+    return (
+        f"{where}, {meta['threads']} thread(s), torch {meta['torch']}; `{meta['command']}` ({meta['wall_seconds']:.0f} s)."
+        f"\nSpeed-ups: median [interquartile range] of dense/shrunk time over interleaved pairs.{errors}\n\n"
+        + markdown(run["results"], batch_sizes)
+    )
+
+
+def write_report(args: argparse.Namespace, sections: list[tuple[str, dict]]) -> str:
+    """`--report`: several runs' (or comparisons') json files as the sections of one `<output_name or speed>.md`,
+    each under its file's stem."""
+    parts = []
+    for title, content in sections:
+        body = content["markdown"] if "markdown" in content else run_markdown(content, tuple(args.batch_sizes))
+        parts.append(f"## {title}\n\n{body}\n")
+    text = "\n".join(parts)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.output_name or 'speed'}.md").write_text(text)
+    return text
+
+
+def profile_forecasts(name: str, batch: int, calls: int = 10, top: int = 12) -> dict:
+    """Where the time of a forecast goes, dense vs shrunk: `torch.profiler` over `calls` forecasts of each (after two
+    warm-up calls), the self CPU time per operator. Operators whose time pruning does not shrink (element-wise work
+    on unpruned widths, routing, copies) are what keeps a speed-up below the FLOP ratio."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dense = build(name)
+    spec = get_spec(dense)
+    example = spec.example_inputs(dense, 1, generator=torch.Generator().manual_seed(0))
+    shrunk = copy.deepcopy(dense)
+    install_masks(shrunk)
+    plan = shrink(shrunk, half_masks(shrunk), example_inputs=example)
+    inputs = spec.example_inputs(dense, batch, generator=torch.Generator().manual_seed(0))
+    per_model = {}
+    with torch.no_grad():
+        for label, model in (("dense", dense), ("shrunk", shrunk)):
+            for _ in range(2):
+                spec.forecast(model, inputs)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(calls):
+                    spec.forecast(model, inputs)
+            per_model[label] = {
+                e.key: {"self_ms": e.self_cpu_time_total / 1e3 / calls, "count": e.count // calls}
+                for e in prof.key_averages()
+            }
+    totals = {label: sum(op["self_ms"] for op in ops.values()) for label, ops in per_model.items()}
+    keys = sorted(per_model["dense"], key=lambda k: -per_model["dense"][k]["self_ms"])[:top]
+    operators = [
+        {
+            "operator": key,
+            "dense_ms": per_model["dense"][key]["self_ms"],
+            "shrunk_ms": per_model["shrunk"].get(key, {}).get("self_ms", 0.0),
+            "calls": per_model["dense"][key]["count"],
+        }
+        for key in keys
+    ]
+    return {
+        "name": name, "batch": batch, "calls": calls, "flop_ratio": plan.flops_before / plan.flops_after,
+        "dense_ms": totals["dense"], "shrunk_ms": totals["shrunk"], "operators": operators,
+    }  # fmt: skip
+
+
+def profile_markdown(profiles: list[dict]) -> str:
+    lines = []
+    for r in profiles:
+        lines += [
+            f"### {r['name']}, batch {r['batch']} (self CPU time per forecast, mean of {r['calls']})",
+            "",
+            f"Total {r['dense_ms']:.3g} → {r['shrunk_ms']:.3g} ms ({r['dense_ms'] / r['shrunk_ms']:.2f}×; FLOP ratio "
+            f"{r['flop_ratio']:.2f}×).",
+            "",
+            "| operator | calls | dense ms | shrunk ms | dense / shrunk | share of the shrunk time |",
+            "|---|---|---|---|---|---|",
+        ]
+        for op in r["operators"]:
+            ratio = f"{op['dense_ms'] / op['shrunk_ms']:.2f}×" if op["shrunk_ms"] else "–"
+            lines.append(
+                f"| `{op['operator']}` | {op['calls']} | {op['dense_ms']:.3g} | {op['shrunk_ms']:.3g} | {ratio} | "
+                f"{100 * op['shrunk_ms'] / r['shrunk_ms']:.0f} % |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+RATIOS = {
+    "speedup_b1": "speed-up b1",
+    "speedup_b64": "speed-up b64",
+    "prune_over_finetune_time": "prune / finetune step time",
+    "prune_over_finetune_memory": "prune / finetune step memory",
+}
+"""The ratios a run reports per model (`compare_runs` checks each against its twin of another run)."""
+
+
+def compare_runs(first: dict, second: dict, tolerance: float = 0.10) -> list[dict]:
+    """Every ratio of `RATIOS` that both runs measured, per model (keyed by name and round_to): the two values and
+    `second / first - 1`; `within` says whether that is at most `tolerance` in size."""
+    twins = {(r["name"], r["round_to"]): r for r in second["results"]}
+    rows = []
+    for r in first["results"]:
+        other = twins.get((r["name"], r["round_to"]))
+        for key, label in RATIOS.items():
+            if other is None or key not in r or key not in other:
+                continue
+            change = other[key] / r[key] - 1
+            row = {"name": r["name"], "round_to": r["round_to"], "ratio": label, "first": r[key], "second": other[key]}
+            rows.append({**row, "change": change, "within": abs(change) <= tolerance})
+    return rows
+
+
+def write_comparison(args: argparse.Namespace, first: dict, second: dict) -> str:
+    """`compare_runs` as `<stem>.json` / `<stem>.md` and the two runs' speed-ups (with their interquartile ranges)
+    against the FLOP ratio as `<stem>.png`; returns the table."""
+    rows = compare_runs(first, second)
+    outside = [row for row in rows if not row["within"]]
+    worst = max(rows, key=lambda row: abs(row["change"]))
+    lines = [
+        f"Run 1: `{first['environment']['command']}` ({first['environment']['wall_seconds']:.0f} s); run 2: "
+        f"`{second['environment']['command']}` ({second['environment']['wall_seconds']:.0f} s).",
+        f"{len(rows)} ratios, {len(rows) - len(outside)} within 10 % of their twin; the largest change is "
+        f"{100 * worst['change']:+.1f} % ({worst['name']}, {worst['ratio']}).",
+        "",
+        "| model | ratio | run 1 | run 2 | change |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        flag = "" if row["within"] else " **(over 10 %)**"
+        lines.append(
+            f"| {row['name']} | {row['ratio']} | {row['first']:.3f} | {row['second']:.3f} | "
+            f"{100 * row['change']:+.1f} %{flag} |"
+        )
+    table = "\n".join(lines)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.output_name or "speed-reproducibility"
+    summary = {"runs": [first["environment"], second["environment"]], "ratios": rows, "outside_10_percent": outside}
+    summary["markdown"] = table  # (what `--report` shows of a comparison)
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    (out / f"{stem}.md").write_text(table + "\n")
+    plot_runs(first["results"], second["results"], out / f"{stem}.png")
     return table
+
+
+def plot_runs(first: list[dict], second: list[dict], path: Path) -> None:
+    """Speed-ups at batch 1 and 64 of two runs per model (median, bars: interquartile range), each over its FLOP
+    ratio (the dotted mark)."""
+    from matplotlib.figure import Figure
+
+    twins = {(r["name"], r["round_to"]): r for r in second}
+    pairs = [(r, twins[(r["name"], r["round_to"])]) for r in first if (r["name"], r["round_to"]) in twins]
+    figure = Figure(figsize=(max(6.0, 0.7 * len(pairs)), 7.0), layout="constrained")
+    for axes, batch in zip(figure.subplots(2, 1, sharex=True), (1, 64)):
+        for offset, run, label in ((-0.15, 0, "run 1"), (0.15, 1, "run 2")):
+            x = [i + offset for i in range(len(pairs))]
+            rows = [pair[run] for pair in pairs]
+            median = [r[f"speedup_b{batch}"] for r in rows]
+            spread = [
+                [m - r[f"speedup_q1_b{batch}"] for m, r in zip(median, rows)],
+                [r[f"speedup_q3_b{batch}"] - m for m, r in zip(median, rows)],
+            ]
+            axes.errorbar(x, median, yerr=spread, fmt="o", capsize=3, label=label)
+        axes.scatter(
+            range(len(pairs)), [p[0]["flop_ratio"] for p in pairs], marker="_", s=300, c="k", label="FLOP ratio"
+        )
+        axes.axhline(1.0, color="grey", linewidth=0.8)
+        axes.set_ylabel(f"speed-up, batch {batch}")
+        axes.legend(loc="upper left", fontsize=8)
+    axes.set_xticks(range(len(pairs)), [p[0]["name"] for p in pairs], rotation=45, ha="right")
+    figure.suptitle("Dense / shrunk forecast time in two runs")
+    figure.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,71 @@ def test_prune_step_at_a_macro_batch(speed, monkeypatch):
     assert len(updates) == 2  # warm-up and the timed step: one score update per macro step, not per micro-batch
     finetune = speed.step_worker("patchtst", "finetune", batch_size=2, repeats=1, accumulate=4, dtype="bfloat16")
     assert finetune["seconds"] > 0  # the bfloat16 path runs on the CPU
+
+
+def test_two_runs_are_compared_ratio_by_ratio(speed, monkeypatch, tmp_path):
+    """`--compare`: every ratio of one run next to its twin of the other, flagged when they differ by over 10 %."""
+    monkeypatch.setitem(speed.BUILDERS, "patchtst", TINY["patchtst"])
+    result = speed.benchmark("patchtst", batch_sizes=(1, 64), timing={"min_pairs": 3, "max_pairs": 3}, step_batch=0)
+    result["prune_over_finetune_time"] = 0.5
+    second = {**result, "prune_over_finetune_time": 0.52}
+    second.update({key: result[key] * 1.2 for key in ("speedup_b64", "speedup_q1_b64", "speedup_q3_b64")})
+    environment = {"command": "python benchmarks/speed.py", "wall_seconds": 1.0}
+    runs = [{"environment": environment, "results": [r]} for r in (result, second)]
+    rows = {row["ratio"]: row for row in speed.compare_runs(*runs)}
+    assert set(rows) == {"speed-up b1", "speed-up b64", "prune / finetune step time"}  # memory: not measured
+    assert rows["speed-up b1"]["within"] and rows["speed-up b1"]["change"] == 0.0
+    assert not rows["speed-up b64"]["within"] and abs(rows["speed-up b64"]["change"] - 0.2) < 1e-12
+    assert rows["prune / finetune step time"]["within"]
+    args = speed.argparse.Namespace(output_dir=str(tmp_path), output_name=None)
+    table = speed.write_comparison(args, *runs)
+    assert "2 within 10 %" in table and "**(over 10 %)**" in table
+    assert {p.name for p in tmp_path.iterdir()} == {f"speed-reproducibility.{e}" for e in ("json", "md", "png")}
+    # --report: the runs and the comparison as the sections of one speed.md
+    environment.update(torch="2", threads=2, device="cpu", dtype="float32", cpu="x86_64", cpu_count=2)
+    macro = {**result, "step_batch_macro": 8192, "prune_step_ms_macro": 10.0, "finetune_step_ms_macro": 20.0}
+    macro.update(prune_over_finetune_time_macro=0.5, prune_step_peak_mib_macro=1.0, finetune_step_peak_mib_macro=2.0)
+    macro.update(prune_over_finetune_memory_macro=0.5, step_error="16 windows: exit -9")
+    del macro["prune_over_finetune_time"]
+    sections = [("run 1", runs[0]), ("macro", {"environment": environment, "results": [macro]})]
+    sections.append(("comparison", speed.json.loads((tmp_path / "speed-reproducibility.json").read_text())))
+    report = speed.write_report(
+        speed.argparse.Namespace(output_dir=str(tmp_path), output_name=None, batch_sizes=[1, 64]), sections
+    )
+    assert report == (tmp_path / "speed.md").read_text()
+    assert (
+        report.index("## run 1") < report.index("## macro") < report.index("## comparison") < report.index("over 10")
+    )
+    assert (
+        "| patchtst | 8192 | 0.50 (10 vs 20 ms) | 0.50 (1 vs 2 MiB) |" in report
+    )  # a macro step alone gets its table
+    assert "patchtst: step not measured (16 windows: exit -9)." in report
+
+
+def test_an_uneven_pruned_fraction_leaves_widths_that_round_to_rounds(speed, monkeypatch):
+    monkeypatch.setitem(speed.BUILDERS, "patchtst", TINY["patchtst"])
+    model = speed.build("patchtst")
+    masks = speed.half_masks(model, whole_heads=False, fraction=0.45)
+    kept = [int(mask.sum()) for mask in masks.values()]
+    assert all(k == m.numel() - int(0.45 * m.numel()) for k, m in zip(kept, masks.values()))
+    rounded = speed.benchmark(
+        "patchtst", batch_sizes=(1,), timing={"min_pairs": 3, "max_pairs": 3}, step_batch=0, round_to=8,
+        whole_heads=False, pruned_fraction=0.45,
+    )  # fmt: skip
+    assert rounded["masks"] == "value channels, 0.45 of the channels" and rounded["max_rel_error"] < 1e-5
+
+
+def test_profile_of_dense_and_shrunk_forecasts(speed, monkeypatch):
+    monkeypatch.setitem(speed.BUILDERS, "patchtst", TINY["patchtst"])
+    profile = speed.profile_forecasts("patchtst", batch=2, calls=2, top=5)
+    assert profile["flop_ratio"] > 1 and profile["dense_ms"] > 0 and profile["shrunk_ms"] > 0
+    operators = {op["operator"]: op for op in profile["operators"]}
+    assert len(operators) == 5 and all(op["calls"] >= 1 for op in operators.values())
+    table = speed.profile_markdown([profile])
+    assert "### patchtst, batch 2" in table and "share of the shrunk time" in table
+
+
+def test_short_steps_are_repeated_until_the_time_adds_up(speed, monkeypatch):
+    monkeypatch.setitem(speed.BUILDERS, "patchtst", TINY["patchtst"])
+    step = speed.step_worker("patchtst", "finetune", batch_size=2, repeats=2, min_seconds=0.3)
+    assert 2 < step["repeats"] <= 1000
