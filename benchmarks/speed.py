@@ -41,6 +41,8 @@ SwiGLU channels of every expert, of the shared expert and of the attention go, e
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
 Prints markdown tables and writes `speed.json` and `speed.md` (`speed-cuda.*` on a GPU) in `--output_dir`.
+The committed `results/speed.md` is a `--report` of two back-to-back runs (`speed-run1/2.json`), their comparison, the
+macro step, the `round_to` check and the profiles; the commands that made each are in their sections.
 """
 
 from __future__ import annotations
@@ -673,7 +675,12 @@ def write_report(args: argparse.Namespace, sections: list[tuple[str, dict]]) -> 
     each under its file's stem."""
     parts = []
     for title, content in sections:
-        body = content["markdown"] if "markdown" in content else run_markdown(content, tuple(args.batch_sizes))
+        if "markdown" in content:  # a comparison
+            body = content["markdown"]
+        elif "profiles" in content:
+            body = f"`{content['environment']['command']}`\n\n" + profile_markdown(content["profiles"])
+        else:
+            body = run_markdown(content, tuple(args.batch_sizes))
         parts.append(f"## {title}\n\n{body}\n")
     text = "\n".join(parts)
     out = Path(args.output_dir)

@@ -141,7 +141,7 @@ def test_an_uneven_pruned_fraction_leaves_widths_that_round_to_rounds(speed, mon
     assert rounded["masks"] == "value channels, 0.45 of the channels" and rounded["max_rel_error"] < 1e-5
 
 
-def test_profile_of_dense_and_shrunk_forecasts(speed, monkeypatch):
+def test_profile_of_dense_and_shrunk_forecasts(speed, monkeypatch, tmp_path):
     monkeypatch.setitem(speed.BUILDERS, "patchtst", TINY["patchtst"])
     profile = speed.profile_forecasts("patchtst", batch=2, calls=2, top=5)
     assert profile["flop_ratio"] > 1 and profile["dense_ms"] > 0 and profile["shrunk_ms"] > 0
@@ -149,6 +149,9 @@ def test_profile_of_dense_and_shrunk_forecasts(speed, monkeypatch):
     assert len(operators) == 5 and all(op["calls"] >= 1 for op in operators.values())
     table = speed.profile_markdown([profile])
     assert "### patchtst, batch 2" in table and "share of the shrunk time" in table
+    args = speed.argparse.Namespace(output_dir=str(tmp_path), output_name=None, batch_sizes=[1, 64])
+    report = speed.write_report(args, [("profile", {"environment": {"command": "cmd"}, "profiles": [profile]})])
+    assert report.startswith("## profile\n\n`cmd`") and table in report
 
 
 def test_short_steps_are_repeated_until_the_time_adds_up(speed, monkeypatch):
