@@ -219,6 +219,18 @@ def half_masks(
     return masks
 
 
+def dense_and_shrunk(name: str, *, whole_heads: bool = True, fraction: float = 0.5, round_to: int = 1):
+    """The dense model `name`, a shrunk copy (`half_masks`), its spec and the shrink plan."""
+    dense = build(name)
+    spec = get_spec(dense)
+    example = spec.example_inputs(dense, 1, generator=torch.Generator().manual_seed(0))
+    shrunk = copy.deepcopy(dense)
+    install_masks(shrunk)
+    masks = half_masks(shrunk, whole_heads=whole_heads, fraction=fraction)
+    plan = shrink(shrunk, masks, example_inputs=example, round_to=round_to)
+    return dense, shrunk, spec, plan
+
+
 def loss_inputs(model: torch.nn.Module, batch_size: int) -> dict:
     """Forward arguments for one training step with the family's own loss."""
     if family_of(model) not in ("timesfm", "timesfm2_5", "patchtst", "patchtsmixer"):  # the collator's inputs
@@ -414,13 +426,9 @@ def benchmark(
     through gradient accumulation of micro-batches of `macro_micro_batch` windows when given; `step_batch=0` skips
     the steps)."""
     torch_dtype = getattr(torch, dtype)
-    dense = build(name)
-    spec = get_spec(dense)
-    example = spec.example_inputs(dense, 1, generator=torch.Generator().manual_seed(0))
-    shrunk = copy.deepcopy(dense)
-    install_masks(shrunk)
-    masks = half_masks(shrunk, whole_heads=whole_heads, fraction=pruned_fraction)
-    plan = shrink(shrunk, masks, example_inputs=example, round_to=round_to)
+    dense, shrunk, spec, plan = dense_and_shrunk(
+        name, whole_heads=whole_heads, fraction=pruned_fraction, round_to=round_to
+    )
     result = {"name": name, "model": type(dense).__name__, "family": get_family(dense).name, "round_to": round_to}
     result["masks"] = "whole heads" if whole_heads else "value channels"
     if pruned_fraction != 0.5:
@@ -695,12 +703,7 @@ def profile_forecasts(name: str, batch: int, calls: int = 10, top: int = 12) -> 
     on unpruned widths, routing, copies) are what keeps a speed-up below the FLOP ratio."""
     from torch.profiler import ProfilerActivity, profile
 
-    dense = build(name)
-    spec = get_spec(dense)
-    example = spec.example_inputs(dense, 1, generator=torch.Generator().manual_seed(0))
-    shrunk = copy.deepcopy(dense)
-    install_masks(shrunk)
-    plan = shrink(shrunk, half_masks(shrunk), example_inputs=example)
+    dense, shrunk, spec, plan = dense_and_shrunk(name)
     inputs = spec.example_inputs(dense, batch, generator=torch.Generator().manual_seed(0))
     per_model = {}
     with torch.no_grad():
