@@ -21,10 +21,12 @@ at random — and shrinks a copy of the model. It then measures:
   next to the FLOP ratio counted by `torch.utils.flop_counter`. "Never slower" means the third quartile of the
   speed-ups is at least 1;
 - one prune-run step (masks installed, weights frozen: forward, backward, Taylor-score update) against one dense
-  finetune step (forward, backward, AdamW step) on the same batch, with the peak memory of each (resident memory on
-  CPU, allocated memory on CUDA), in a fresh subprocess per step kind; with `--macro_batch N`, also one optimizer step
-  over N windows through gradient accumulation of `--macro_micro_batch` windows at a time (the paper's macro batch is
-  8192) for `--macro_models`, warmed up by one micro-batch.
+  finetune step (forward, backward, AdamW step) on the same batch: both built in one process and timed interleaved
+  (prune, finetune, finetune, prune, ...), the ratio the median of the per-pair ratios with its interquartile range,
+  so that it does not carry a difference between two processes; the peak memory of each (resident memory on CPU,
+  allocated memory on CUDA) in a fresh subprocess per step kind. With `--macro_batch N`, also one optimizer step over
+  N windows through gradient accumulation of `--macro_micro_batch` windows at a time (the paper's macro batch is
+  8192) for `--macro_models`, warmed up by one micro-batch, each kind timed once in its fresh subprocess.
 
 Chronos, Chronos-Bolt and TTM use the released layouts written out in `tests/families.py` (chronos-t5-small,
 chronos-bolt-small, TTM r2 512-96), Chronos-2 the 120 M widths of `tests/test_chronos2.py` (context 512), Moirai 1.0-R small/base/large, Moirai-MoE 1.0-R
@@ -263,27 +265,26 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
-def interleaved_timing(
-    run_dense: Callable[[], object],
-    run_shrunk: Callable[[], object],
+def timed_pairs(
+    run_first: Callable[[], object],
+    run_second: Callable[[], object],
     *,
     warmup: int = 2,
     min_pairs: int = 7,
     max_pairs: int = 400,
     max_seconds: float = 60.0,
+    min_seconds: float = 0.0,
     target_spread: float = 0.03,
     synchronize: Callable[[], None] | None = None,
-) -> dict:
-    """Times two callables interleaved (dense, shrunk, shrunk, dense, ...: each pair in alternating order, so that a
+) -> tuple[list[float], list[float]]:
+    """Times two callables interleaved (first, second, second, first, ...: each pair in alternating order, so that a
     drift of the machine's speed hits both alike) after `warmup` calls of each.
 
-    Pairs are timed until the interquartile range of the per-pair speed-ups is at most `target_spread` of their median
-    (and at least `min_pairs`), or `max_pairs` / `max_seconds` is reached.
+    Pairs are timed until the interquartile range of the per-pair time ratios is at most `target_spread` of their
+    median (and at least `min_pairs` pairs and `min_seconds` have gone), or `max_pairs` / `max_seconds` is reached.
 
     Returns:
-        `{"dense_ms", "dense_iqr_ms", "shrunk_ms", "shrunk_iqr_ms", "speedup", "speedup_q1", "speedup_q3", "pairs"}`:
-        medians and interquartile ranges of the times, and the median and quartiles of the per-pair speed-ups
-        (dense time / shrunk time of the same pair).
+        The seconds of each call of `run_first` and of `run_second`, pair by pair.
     """
     sync = synchronize or (lambda: None)
 
@@ -295,20 +296,33 @@ def interleaved_timing(
         return time.perf_counter() - start
 
     for _ in range(warmup):
-        timed(run_dense)
-        timed(run_shrunk)
-    dense, shrunk, started = [], [], time.perf_counter()
-    while len(dense) < max_pairs:
-        if len(dense) % 2 == 0:
-            dense.append(timed(run_dense))
-            shrunk.append(timed(run_shrunk))
+        timed(run_first)
+        timed(run_second)
+    first, second, started = [], [], time.perf_counter()
+    while len(first) < max_pairs:
+        if len(first) % 2 == 0:
+            first.append(timed(run_first))
+            second.append(timed(run_second))
         else:
-            shrunk.append(timed(run_shrunk))
-            dense.append(timed(run_dense))
-        if len(dense) >= min_pairs:
-            q1, median, q3 = _quartiles([d / s for d, s in zip(dense, shrunk)])
-            if (q3 - q1) <= target_spread * median or time.perf_counter() - started > max_seconds:
+            second.append(timed(run_second))
+            first.append(timed(run_first))
+        elapsed = time.perf_counter() - started
+        if len(first) >= min_pairs and elapsed >= min_seconds:
+            q1, median, q3 = _quartiles([a / b for a, b in zip(first, second)])
+            if (q3 - q1) <= target_spread * median or elapsed > max_seconds:
                 break
+    return first, second
+
+
+def interleaved_timing(run_dense: Callable[[], object], run_shrunk: Callable[[], object], **timing) -> dict:
+    """Dense against shrunk, timed interleaved (`timed_pairs`, which takes the `timing` keywords).
+
+    Returns:
+        `{"dense_ms", "dense_iqr_ms", "shrunk_ms", "shrunk_iqr_ms", "speedup", "speedup_q1", "speedup_q3", "pairs"}`:
+        medians and interquartile ranges of the times, and the median and quartiles of the per-pair speed-ups
+        (dense time / shrunk time of the same pair).
+    """
+    dense, shrunk = timed_pairs(run_dense, run_shrunk, **timing)
     ratio_q1, ratio, ratio_q3 = _quartiles([d / s for d, s in zip(dense, shrunk)])
     (d1, dense_ms, d3), (s1, shrunk_ms, s3) = _quartiles(dense), _quartiles(shrunk)
     return {
@@ -337,19 +351,13 @@ def synchronizer(device: str) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device.startswith("cuda") else None
 
 
-def step_worker(
-    name: str,
-    kind: str,
-    batch_size: int,
-    repeats: int,
-    accumulate: int = 1,
-    device: str = "cpu",
-    dtype: str = "float32",
-    min_seconds: float = 0.0,
-) -> dict:
-    """Times one optimizer step of `kind` ("prune" or "finetune") in this (fresh) process: `accumulate` micro-batches
-    of `batch_size` windows (forward + backward each; gradient accumulation gives the macro batch), then the Taylor
-    score update (prune) or the AdamW step (finetune)."""
+def optimizer_step(
+    name: str, kind: str, batch_size: int, accumulate: int = 1, device: str = "cpu", dtype: str = "float32"
+) -> Callable[..., None]:
+    """One optimizer step of `kind` ("prune" or "finetune") on a freshly built `name`, as a callable: `accumulate`
+    micro-batches of `batch_size` windows (forward + backward each; gradient accumulation gives the macro batch), then
+    the Taylor score update (prune: weights frozen, gradients reach only the masks) or the AdamW step (finetune).
+    `step(micro_batches)` runs that many micro-batches instead (the warm-up runs one)."""
     torch_dtype = getattr(torch, dtype)
     model = build(name).to(device=device, dtype=torch_dtype).train()
     inputs = to_device(loss_inputs(model, batch_size), device, torch_dtype)
@@ -373,6 +381,23 @@ def step_worker(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def step_worker(
+    name: str,
+    kind: str,
+    batch_size: int,
+    repeats: int,
+    accumulate: int = 1,
+    device: str = "cpu",
+    dtype: str = "float32",
+    min_seconds: float = 0.0,
+) -> dict:
+    """Times `optimizer_step(name, kind, ...)` in this (fresh) process: a warm-up of one micro-batch and the score
+    update or the AdamW step (which allocates its state), then at least `repeats` steps, more until they add up to
+    `min_seconds`. Returns the median time, the process's peak memory and the number of steps timed."""
+    step = optimizer_step(name, kind, batch_size, accumulate, device, dtype)
     sync = synchronizer(device) or (lambda: None)
     step(1)  # warm-up: one micro-batch, then the score update or the AdamW step (which allocates its state)
     times = []
@@ -384,6 +409,42 @@ def step_worker(
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_kib() / 1024
     return {"seconds": statistics.median(times), "peak_mib": peak, "repeats": len(times)}
+
+
+def interleaved_steps(
+    name: str,
+    batch_size: int,
+    *,
+    min_pairs: int = 3,
+    min_seconds: float = 10.0,
+    max_seconds: float = 60.0,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    """The prune step against the dense finetune step of `name` at `batch_size` windows, both built in this process and
+    timed interleaved (`timed_pairs`: prune, finetune, finetune, prune, ...), so that the ratio of the two does
+    not carry the difference between two processes. Pairs go on until `min_seconds` (both kinds together) and
+    `min_pairs`, then until the spread of the per-pair ratios is small or `max_seconds` is reached.
+
+    Returns:
+        `{"prune_ms", "finetune_ms", "ratio", "ratio_q1", "ratio_q3", "pairs"}`: the median step times, and the median
+        and quartiles of the per-pair prune / finetune time ratios.
+    """
+    prune, finetune = timed_pairs(
+        optimizer_step(name, "prune", batch_size, device=device, dtype=dtype),
+        optimizer_step(name, "finetune", batch_size, device=device, dtype=dtype),
+        warmup=1, min_pairs=min_pairs, min_seconds=min_seconds, max_seconds=max_seconds,
+        synchronize=synchronizer(device),
+    )  # fmt: skip
+    ratio_q1, ratio, ratio_q3 = _quartiles([p / f for p, f in zip(prune, finetune)])
+    return {
+        "prune_ms": 1e3 * statistics.median(prune),
+        "finetune_ms": 1e3 * statistics.median(finetune),
+        "ratio": ratio,
+        "ratio_q1": ratio_q1,
+        "ratio_q3": ratio_q3,
+        "pairs": len(prune),
+    }
 
 
 def peak_rss_kib() -> int:
@@ -414,7 +475,7 @@ def benchmark(
     pruned_fraction: float = 0.5,
     timing: dict | None = None,
     step_batch: int = 16,
-    step_repeats: int = 3,
+    min_step_pairs: int = 3,
     step_min_seconds: float = 5.0,
     macro_batch: int = 0,
     macro_micro_batch: int = 128,
@@ -465,26 +526,35 @@ def benchmark(
         steps.append((macro_micro_batch, -(-macro_batch // macro_micro_batch)))
     for batch, accumulate in steps:
         suffix = "" if accumulate == 1 else "_macro"
-        repeats, min_seconds = (step_repeats, step_min_seconds) if accumulate == 1 else (1, 0.0)
-        try:
+        try:  # the peak memory of each kind in a fresh process (at the macro batch: its one timed step as well)
             prune, finetune = (
-                run_step(name, k, batch, repeats, accumulate, device, dtype, min_seconds)
-                for k in ("prune", "finetune")
+                run_step(name, k, batch, 1, accumulate, device, dtype, 0.0) for k in ("prune", "finetune")
             )
         except subprocess.CalledProcessError as error:  # e.g. killed for memory: the latency figures still count
             result[f"step_error{suffix}"] = f"{batch * accumulate} windows: exit {error.returncode}"
             print(f"{name}: the step at {batch * accumulate} windows failed (exit {error.returncode})", flush=True)
             continue
+        if accumulate == 1:  # short steps: both kinds in this process, timed interleaved
+            steps_timed = interleaved_steps(
+                name, batch, min_pairs=min_step_pairs, min_seconds=2 * step_min_seconds,
+                max_seconds=6 * step_min_seconds, device=device, dtype=dtype,
+            )  # fmt: skip
+        else:
+            steps_timed = {"prune_ms": 1e3 * prune["seconds"], "finetune_ms": 1e3 * finetune["seconds"], "pairs": 1}
+            steps_timed["ratio"] = prune["seconds"] / finetune["seconds"]
         result.update({
             f"step_batch{suffix}": batch * accumulate,
-            f"prune_step_ms{suffix}": 1e3 * prune["seconds"],
-            f"finetune_step_ms{suffix}": 1e3 * finetune["seconds"],
-            f"prune_over_finetune_time{suffix}": prune["seconds"] / finetune["seconds"],
+            f"prune_step_ms{suffix}": steps_timed["prune_ms"],
+            f"finetune_step_ms{suffix}": steps_timed["finetune_ms"],
+            f"prune_over_finetune_time{suffix}": steps_timed["ratio"],
             f"prune_step_peak_mib{suffix}": prune["peak_mib"],
             f"finetune_step_peak_mib{suffix}": finetune["peak_mib"],
             f"prune_over_finetune_memory{suffix}": prune["peak_mib"] / finetune["peak_mib"],
-            f"step_repeats{suffix}": [prune["repeats"], finetune["repeats"]],
+            f"step_pairs{suffix}": steps_timed["pairs"],
         })  # fmt: skip
+        if "ratio_q1" in steps_timed:
+            result[f"prune_over_finetune_time_q1{suffix}"] = steps_timed["ratio_q1"]
+            result[f"prune_over_finetune_time_q3{suffix}"] = steps_timed["ratio_q3"]
     return result
 
 
@@ -493,6 +563,14 @@ def _speedup(r: dict, batch: int) -> str:
         f"{r[f'speedup_b{batch}']:.2f}× [{r[f'speedup_q1_b{batch}']:.2f}–{r[f'speedup_q3_b{batch}']:.2f}] "
         f"({r[f'dense_ms_b{batch}']:.3g} → {r[f'shrunk_ms_b{batch}']:.3g} ms, {r[f'pairs_b{batch}']} pairs)"
     )
+
+
+def _step_spread(r: dict, suffix: str) -> str:
+    """The interquartile range and the count of the interleaved step pairs, where they were timed so."""
+    if f"prune_over_finetune_time_q1{suffix}" not in r:
+        return ""
+    q1, q3 = r[f"prune_over_finetune_time_q1{suffix}"], r[f"prune_over_finetune_time_q3{suffix}"]
+    return f" [{q1:.2f}–{q3:.2f}], {r[f'step_pairs{suffix}']} pairs"
 
 
 def markdown(results: list[dict], batch_sizes: tuple[int, ...] = (1, 64)) -> str:
@@ -515,15 +593,15 @@ def markdown(results: list[dict], batch_sizes: tuple[int, ...] = (1, 64)) -> str
     if steps:
         lines += [
             "",
-            "| model | windows per step | prune step / finetune step (time) | (peak memory) |",
+            "| model | windows per step | prune step / finetune step (time) [IQR] | (peak memory) |",
             "|---|---|---|---|",
         ]
         for r in steps:
             for suffix in ("", "_macro"):
                 if f"prune_step_ms{suffix}" in r:
                     lines.append(
-                        f"| {r.get('name', r['model'])} | {r[f'step_batch{suffix}']} | {r[f'prune_over_finetune_time{suffix}']:.2f} "
-                        f"({r[f'prune_step_ms{suffix}']:.0f} vs {r[f'finetune_step_ms{suffix}']:.0f} ms) | "
+                        f"| {r.get('name', r['model'])} | {r[f'step_batch{suffix}']} | {r[f'prune_over_finetune_time{suffix}']:.2f}"
+                        f"{_step_spread(r, suffix)} ({r[f'prune_step_ms{suffix}']:.0f} vs {r[f'finetune_step_ms{suffix}']:.0f} ms) | "
                         f"{r[f'prune_over_finetune_memory{suffix}']:.2f} ({r[f'prune_step_peak_mib{suffix}']:.0f} vs "
                         f"{r[f'finetune_step_peak_mib{suffix}']:.0f} MiB) |"
                     )
@@ -563,15 +641,21 @@ def main():
     parser.add_argument("--min_pairs", type=int, default=7, help="fewest interleaved dense/shrunk timing pairs")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="timing budget per model and batch size")
     parser.add_argument("--step_batch", type=int, default=16, help="micro-batch of the prune/finetune step (0: skip)")
-    parser.add_argument("--step_repeats", type=int, default=3, help="fewest timed steps of each kind")
     parser.add_argument(
-        "--step_min_seconds", type=float, default=5.0, help="time steps of each kind until they add up to this"
+        "--min_step_pairs", type=int, default=3, help="fewest interleaved prune/finetune step pairs (one process)"
     )
+    parser.add_argument(
+        "--step_min_seconds", type=float, default=5.0,
+        help="time step pairs until each kind adds up to about this; then until their spread is small (up to 6x)",
+    )  # fmt: skip
     parser.add_argument(
         "--macro_batch", type=int, default=0, help="also time steps of this many windows (accumulated)"
     )
     parser.add_argument(
-        "--macro_micro_batch", type=int, default=128, help="micro-batch of the accumulated macro step (memory bound)"
+        "--macro_micro_batch",
+        type=int,
+        default=128,
+        help="micro-batch of the accumulated macro step (memory bound; on CPU 16-32 are faster per window)",
     )
     parser.add_argument("--macro_models", nargs="+", default=["timesfm2_5", "chronos_bolt"], choices=list(BUILDERS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -621,7 +705,7 @@ def main():
                 benchmark(
                     name, batch_sizes=tuple(args.batch_sizes), round_to=round_to, timing=timing,
                     whole_heads=not args.value_channels, pruned_fraction=args.pruned_fraction,
-                    step_batch=args.step_batch if round_to == args.round_to[0] else 0, step_repeats=args.step_repeats,
+                    step_batch=args.step_batch if round_to == args.round_to[0] else 0, min_step_pairs=args.min_step_pairs,
                     step_min_seconds=args.step_min_seconds,
                     macro_batch=args.macro_batch if name in args.macro_models and round_to == args.round_to[0] else 0,
                     macro_micro_batch=args.macro_micro_batch,

@@ -158,3 +158,37 @@ def test_short_steps_are_repeated_until_the_time_adds_up(speed, monkeypatch):
     monkeypatch.setitem(speed.BUILDERS, "patchtst", TINY["patchtst"])
     step = speed.step_worker("patchtst", "finetune", batch_size=2, repeats=2, min_seconds=0.3)
     assert 2 < step["repeats"] <= 1000
+
+
+def test_prune_and_finetune_steps_are_timed_interleaved_in_one_process(speed, monkeypatch):
+    """The step-time ratio is the median of per-pair prune / finetune ratios, the pairs in alternating order."""
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(speed.time, "perf_counter", clock)
+
+    def fake_step(name, kind, batch_size, accumulate=1, device="cpu", dtype="float32"):
+        def step(micro_batches: int = accumulate):
+            calls.append(kind)
+            clock.now += 1.0 if kind == "prune" else 2.0
+
+        return step
+
+    monkeypatch.setattr(speed, "optimizer_step", fake_step)
+    timed = speed.interleaved_steps("patchtst", 2, min_pairs=3, min_seconds=20.0, max_seconds=100.0)
+    assert timed["pairs"] == 7  # 3 s a pair: 7 pairs before 20 s have gone (the spread is 0 from the start)
+    assert (timed["ratio"], timed["ratio_q1"], timed["ratio_q3"]) == (0.5, 0.5, 0.5)
+    assert (timed["prune_ms"], timed["finetune_ms"]) == (1000.0, 2000.0)
+    assert calls[:6] == ["prune", "finetune", "prune", "finetune", "finetune", "prune"]  # warm-up, then alternating
+
+
+def test_the_step_of_the_benchmark(speed):
+    """The whole step path on the released PatchTST layout (0.6 M parameters): time ratio and its spread from
+    interleaved steps, peak memory from a fresh process per kind, and the table row."""
+    result = speed.benchmark(
+        "patchtst", batch_sizes=(1,), timing={"min_pairs": 3, "max_pairs": 3}, step_batch=2, min_step_pairs=3,
+        step_min_seconds=0.0,
+    )  # fmt: skip
+    assert result["step_batch"] == 2 and result["step_pairs"] >= 3
+    q1, ratio, q3 = (result[f"prune_over_finetune_time{k}"] for k in ("_q1", "", "_q3"))
+    assert 0 < q1 <= ratio <= q3
+    assert result["prune_step_peak_mib"] > 0 and result["finetune_step_peak_mib"] > 0
+    assert f"{ratio:.2f} [{q1:.2f}–{q3:.2f}], {result['step_pairs']} pairs" in speed.markdown([result], (1,))

@@ -385,6 +385,32 @@ def test_value_head_dim_contract():
         assert rel_err(pruned(hidden, positions)[0], zeroed(hidden, positions)[0]) < TOL
 
 
+@pytest.mark.parametrize("qk_head_dim, v_head_dim", [(6, 12), (12, 6), (12, 12)])
+def test_fused_attention_runs_one_kernel_for_unequal_head_dims(qk_head_dim, v_head_dim):
+    """Pruned rotary pairs or value channels leave the query/key and value head dims unequal. The attention still runs
+    PyTorch's fused CPU flash kernel (which needs one head dim; the shrunk Time-MoE lost it before) and equals the
+    unfused attention at the unpruned scale, forward and backward, causal and with an additive mask."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"query": qk_head_dim, "key": qk_head_dim, "value": v_head_dim}
+    tensors = {n: torch.randn(2, 3, 20, d, generator=generator, requires_grad=True) for n, d in shapes.items()}
+    scaling = 16**-0.5
+    additive = torch.randn(2, 1, 20, 20, generator=generator)
+    for mask, is_causal in ((None, True), (additive, False)):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            output = time_moe.fused_attention(*tensors.values(), mask, 0.0, scaling, is_causal)
+        assert "aten::_scaled_dot_product_flash_attention_for_cpu" in {e.key for e in profile.key_averages()}
+        scores = tensors["query"] @ tensors["key"].transpose(2, 3) * scaling
+        scores = scores + (additive if mask is not None else torch.full((20, 20), -torch.inf).triu(1))
+        expected = torch.softmax(scores, dim=-1) @ tensors["value"]
+        assert output.shape == expected.shape == (2, 3, 20, v_head_dim)
+        assert rel_err(output, expected) < TOL
+        cotangent = torch.randn(expected.shape, generator=generator)
+        grads = torch.autograd.grad(output, list(tensors.values()), cotangent)
+        expected_grads = torch.autograd.grad(expected, list(tensors.values()), cotangent)
+        for grad, expected_grad in zip(grads, expected_grads):
+            assert rel_err(grad, expected_grad) < TOL
+
+
 def test_eager_attention_equals_sdpa():
     model = tiny_model()
     series, _, _, attention_mask = inputs(2, 24)

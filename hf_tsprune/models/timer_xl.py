@@ -209,6 +209,44 @@ def apply_rotary(
     return query, key
 
 
+def fused_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float,
+    scaling: float,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` at the softmax scale `scaling`, also where pruning left the query/key head dim
+    unlike the value head dim (rotary pairs and value channels go separately). The fused kernels need one head dim
+    (PyTorch's CPU flash kernel falls back to the unfused math otherwise), so the narrower side is zero-padded to the
+    wider: exact, as zero query/key channels add nothing to the logits and zero value channels are cut off the output.
+
+    Args:
+        query (`torch.Tensor`): `(batch, heads, seq_len, qk_head_dim)`.
+        key (`torch.Tensor`): `(batch, heads, kv_len, qk_head_dim)`.
+        value (`torch.Tensor`): `(batch, heads, kv_len, v_head_dim)`.
+        attention_mask (`torch.Tensor`, *optional*): Boolean or additive mask broadcastable to the logits.
+        dropout (`float`): Attention dropout probability.
+        scaling (`float`): Softmax scale of the logits (that of the unpruned head dim).
+        is_causal (`bool`, *optional*, defaults to `False`): Causal attention without a mask.
+
+    Returns:
+        `torch.Tensor`: `(batch, heads, seq_len, v_head_dim)`.
+    """
+    qk_head_dim, v_head_dim = query.shape[-1], value.shape[-1]
+    if qk_head_dim < v_head_dim:
+        query = F.pad(query, (0, v_head_dim - qk_head_dim))
+        key = F.pad(key, (0, v_head_dim - qk_head_dim))
+    elif v_head_dim < qk_head_dim:
+        value = F.pad(value, (0, qk_head_dim - v_head_dim))
+    output = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=scaling
+    )
+    return output[..., :v_head_dim]
+
+
 def causal_attention_mask(
     attention_mask: torch.Tensor | None,
     batch_size: int,
@@ -393,9 +431,7 @@ class TimerAttention(nn.Module):
             weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
             output = torch.matmul(F.dropout(weights, p=dropout, training=self.training), value)
         else:
-            output = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling
-            )
+            output = fused_attention(query, key, value, attention_mask, dropout, self.scaling)
         output = output.transpose(1, 2).reshape(batch_size, seq_len, self.num_heads * self.v_head_dim)
         return self.o_proj(output), weights
 
