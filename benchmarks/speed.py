@@ -43,8 +43,8 @@ SwiGLU channels of every expert, of the shared expert and of the attention go, e
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
 Prints markdown tables and writes `speed.json` and `speed.md` (`speed-cuda.*` on a GPU) in `--output_dir`.
-The committed `results/speed.md` is a `--report` of two back-to-back runs (`speed-run1/2.json`), their comparison, the
-macro step, the `round_to` check and the profiles; the commands that made each are in their sections.
+The committed `results/speed.md` is a `--report` of the second of two back-to-back runs (`speed-run3/4.json`), their
+comparison, the macro steps, the `round_to` check and the profiles; the commands that made each are in their sections.
 """
 
 from __future__ import annotations

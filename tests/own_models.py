@@ -338,6 +338,7 @@ def load_in_fresh_process(
     save_file(inputs, tmp_path / "inputs.safetensors")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
     env["HF_MODULES_CACHE"] = str(tmp_path / f"modules-{mode}")
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the thread count of the expected outputs
     script = LOAD_SCRIPT.format(run=textwrap.dedent(run).strip(), report=textwrap.dedent(report).strip())
     proc = subprocess.run(
         [sys.executable, "-I", "-c", script, mode, str(folder), str(tmp_path / "inputs.safetensors"),

@@ -25,6 +25,9 @@ from hf_tsprune.models import time_moe
 from hf_tsprune.models.time_moe import TimeMoeConfig, TimeMoeForPrediction, TimeMoeRotaryEmbedding
 
 TOL = 1e-5
+# a rollout feeds every generated point back in, so float32 rounding (our fused attention kernel against the
+# oracle's) compounds over its steps: 1.2e-5 after 5 steps on some CPUs
+ROLLOUT_TOL = 5e-5
 
 TINY = dict(
     input_size=1,
@@ -139,7 +142,9 @@ def compare(reference, ours, series, labels, loss_masks, attention_mask, horizon
                 actual = ours.generate(series, max_new_tokens=n, use_cache=use_cache)
                 assert actual.shape == expected.shape
                 assert torch.equal(actual[:, :context], series)
-                assert rel_err(actual[:, context:], expected[:, context:]) < TOL, f"rollout of {n} (cache={use_cache})"
+                assert rel_err(actual[:, context:], expected[:, context:]) < ROLLOUT_TOL, (
+                    f"rollout of {n} (cache={use_cache})"
+                )
         if thorough:
             expected = oracle_call(input_ids=series, attention_mask=attention_mask).logits
             assert rel_err(ours(input_ids=series, attention_mask=attention_mask).logits, expected) < TOL, "padding"
@@ -546,7 +551,8 @@ def test_removing_an_unused_expert_with_kept_experts_is_exact():
         exact_out = exact(input_ids=series, max_horizon_length=8)
         cut_out = cut(input_ids=series, max_horizon_length=8)
     assert torch.equal(exact_out.logits, out.logits)
-    assert torch.equal(exact_out.router_logits[1], cut_out.router_logits[1])
+    # the same router rows, multiplied as part of a 4-row and of a 3-row matrix: kernels may round them differently
+    assert rel_err(exact_out.router_logits[1], cut_out.router_logits[1]) < 1e-6
     assert rel_err(cut_out.logits, out.logits) > 1e-3  # cut router rows: the softmax denominator changed
 
 
