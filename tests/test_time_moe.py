@@ -25,8 +25,8 @@ from hf_tsprune.models import time_moe
 from hf_tsprune.models.time_moe import TimeMoeConfig, TimeMoeForPrediction, TimeMoeRotaryEmbedding
 
 TOL = 1e-5
-# a rollout feeds every generated point back in, so float32 rounding (our fused attention kernel against the
-# oracle's) compounds over its steps: 1.2e-5 after 5 steps on some CPUs
+# a rollout feeds every generated point back in, so float32 rounding differences between our kernels and the
+# oracle's compound over its steps: 1.2e-5 after 5 steps on some CPUs
 ROLLOUT_TOL = 5e-5
 
 TINY = dict(
