@@ -21,9 +21,10 @@ at random — and shrinks a copy of the model. It then measures:
   next to the FLOP ratio counted by `torch.utils.flop_counter`. "Never slower" means the third quartile of the
   speed-ups is at least 1;
 - one prune-run step (masks installed, weights frozen: forward, backward, Taylor-score update) against one dense
-  finetune step (forward, backward, AdamW step) on the same batch: both built in one process and timed interleaved
-  (prune, finetune, finetune, prune, ...), the ratio the median of the per-pair ratios with its interquartile range,
-  so that it does not carry a difference between two processes; the peak memory of each (resident memory on CPU,
+  finetune step (forward, backward, AdamW step) on the same batch: both built in one fresh subprocess and timed
+  interleaved (prune, finetune, finetune, prune, ...), the ratio the median of the per-pair ratios with its
+  interquartile range, so that it carries neither a difference between two processes nor what the benchmark's own
+  process allocated before; the peak memory of each (resident memory on CPU,
   allocated memory on CUDA) in a fresh subprocess per step kind. With `--macro_batch N`, also one optimizer step over
   N windows through gradient accumulation of `--macro_micro_batch` windows at a time (the paper's macro batch is
   8192) for `--macro_models`, warmed up by one micro-batch, each kind timed once in its fresh subprocess.
@@ -43,7 +44,7 @@ SwiGLU channels of every expert, of the shared expert and of the attention go, e
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
 Prints markdown tables and writes `speed.json` and `speed.md` (`speed-cuda.*` on a GPU) in `--output_dir`.
-The committed `results/speed.md` is a `--report` of the second of two back-to-back runs (`speed-run3/4.json`), their
+The committed `results/speed.md` is a `--report` of the second of two back-to-back runs (`speed-run5/6.json`), their
 comparison, the macro steps, the `round_to` check and the profiles; the commands that made each are in their sections.
 """
 
@@ -454,16 +455,30 @@ def peak_rss_kib() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
-def run_step(
-    name: str, kind: str, batch_size: int, repeats: int, accumulate: int, device: str, dtype: str, min_seconds: float
-) -> dict:
-    """`step_worker` in a fresh subprocess (its peak memory is the step's alone), on the same thread count."""
-    cmd = [sys.executable, __file__, "--_step", name, kind, str(batch_size), str(repeats), str(accumulate), device,
-           dtype, str(min_seconds), "--threads", str(torch.get_num_threads())]  # fmt: skip
+def in_fresh_process(worker: str, *arguments: object) -> dict:
+    """This script's hidden `--<worker>` mode (`_step` or `_steps`) in a fresh subprocess on the same thread count:
+    the json it prints last."""
+    cmd = [sys.executable, __file__, f"--{worker}", *map(str, arguments), "--threads", str(torch.get_num_threads())]
     out = subprocess.run(
         cmd, check=True, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_step(
+    name: str, kind: str, batch_size: int, repeats: int, accumulate: int, device: str, dtype: str, min_seconds: float
+) -> dict:
+    """`step_worker` in a fresh subprocess (its peak memory is the step's alone)."""
+    return in_fresh_process("_step", name, kind, batch_size, repeats, accumulate, device, dtype, min_seconds)
+
+
+def run_interleaved_steps(
+    name: str, batch_size: int, min_pairs: int, min_seconds: float, max_seconds: float, device: str, dtype: str
+) -> dict:
+    """`interleaved_steps` in a fresh subprocess. In the benchmark's own process, after the forecast timings of the
+    same model, the finetune step's time depended on what that process had allocated before: the TimesFM 2.5
+    prune / finetune ratio came out 0.63 and 0.52 in two runs, against 0.48 to 0.52 in three fresh processes."""
+    return in_fresh_process("_steps", name, batch_size, min_pairs, min_seconds, max_seconds, device, dtype)
 
 
 def benchmark(
@@ -534,11 +549,10 @@ def benchmark(
             result[f"step_error{suffix}"] = f"{batch * accumulate} windows: exit {error.returncode}"
             print(f"{name}: the step at {batch * accumulate} windows failed (exit {error.returncode})", flush=True)
             continue
-        if accumulate == 1:  # short steps: both kinds in this process, timed interleaved
-            steps_timed = interleaved_steps(
-                name, batch, min_pairs=min_step_pairs, min_seconds=2 * step_min_seconds,
-                max_seconds=6 * step_min_seconds, device=device, dtype=dtype,
-            )  # fmt: skip
+        if accumulate == 1:  # short steps: both kinds in one more fresh process, timed interleaved
+            steps_timed = run_interleaved_steps(
+                name, batch, min_step_pairs, 2 * step_min_seconds, 6 * step_min_seconds, device, dtype
+            )
         else:
             steps_timed = {"prune_ms": 1e3 * prune["seconds"], "finetune_ms": 1e3 * finetune["seconds"], "pairs": 1}
             steps_timed["ratio"] = prune["seconds"] / finetune["seconds"]
@@ -641,9 +655,7 @@ def main():
     parser.add_argument("--min_pairs", type=int, default=7, help="fewest interleaved dense/shrunk timing pairs")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="timing budget per model and batch size")
     parser.add_argument("--step_batch", type=int, default=16, help="micro-batch of the prune/finetune step (0: skip)")
-    parser.add_argument(
-        "--min_step_pairs", type=int, default=3, help="fewest interleaved prune/finetune step pairs (one process)"
-    )
+    parser.add_argument("--min_step_pairs", type=int, default=3, help="fewest interleaved prune/finetune step pairs")
     parser.add_argument(
         "--step_min_seconds", type=float, default=5.0,
         help="time step pairs until each kind adds up to about this; then until their spread is small (up to 6x)",
@@ -663,12 +675,21 @@ def main():
     parser.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--output_name", default=None, help="file stem of the results (default speed / speed-cuda)")
     parser.add_argument("--_step", nargs=8, help=argparse.SUPPRESS)
+    parser.add_argument("--_steps", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args._step:
         name, kind, batch, repeats, accumulate, device, dtype, min_seconds = args._step
         step = step_worker(name, kind, int(batch), int(repeats), int(accumulate), device, dtype, float(min_seconds))
         print(json.dumps(step))
+        return
+    if args._steps:
+        name, batch, min_pairs, min_seconds, max_seconds, device, dtype = args._steps
+        steps = interleaved_steps(
+            name, int(batch), min_pairs=int(min_pairs), min_seconds=float(min_seconds),
+            max_seconds=float(max_seconds), device=device, dtype=dtype,
+        )  # fmt: skip
+        print(json.dumps(steps))
         return
     if args.profile:
         profiles = []
