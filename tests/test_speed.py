@@ -192,3 +192,13 @@ def test_the_step_of_the_benchmark(speed):
     assert 0 < q1 <= ratio <= q3
     assert result["prune_step_peak_mib"] > 0 and result["finetune_step_peak_mib"] > 0
     assert f"{ratio:.2f} [{q1:.2f}–{q3:.2f}], {result['step_pairs']} pairs" in speed.markdown([result], (1,))
+
+
+def test_runs_of_batch_1_alone_are_compared_and_plotted(speed, monkeypatch, tmp_path):
+    """`--compare` of two runs timed at `--batch_sizes 1` only: the plot has one panel, not a missing batch 64."""
+    monkeypatch.setitem(speed.BUILDERS, "patchtst", TINY["patchtst"])
+    result = speed.benchmark("patchtst", batch_sizes=(1,), timing={"min_pairs": 3, "max_pairs": 3}, step_batch=0)
+    runs = [{"environment": {"command": "python benchmarks/speed.py", "wall_seconds": 1.0}, "results": [result]}] * 2
+    args = speed.argparse.Namespace(output_dir=str(tmp_path), output_name="steps")
+    assert "1 ratios, 1 within 10 %" in speed.write_comparison(args, *runs)
+    assert (tmp_path / "steps.png").stat().st_size > 0
