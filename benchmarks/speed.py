@@ -920,16 +920,14 @@ def write_comparison(args: argparse.Namespace, first: dict, second: dict) -> str
 
 
 def plot_runs(first: list[dict], second: list[dict], path: Path) -> None:
-    """Speed-ups at each batch size both runs timed (1 and 64 by default) per model (median, bars: interquartile
+    """Speed-ups at batch 1 and 64 (those of them both runs timed) per model (median, bars: interquartile
     range), each over its FLOP ratio (the dotted mark)."""
     from matplotlib.figure import Figure
 
     twins = {(r["name"], r["round_to"]): r for r in second}
     pairs = [(r, twins[(r["name"], r["round_to"])]) for r in first if (r["name"], r["round_to"]) in twins]
-    batches = sorted(
-        int(key.removeprefix("speedup_b")) for key in pairs[0][0]
-        if key.startswith("speedup_b") and key.removeprefix("speedup_b").isdigit() and key in pairs[0][1]
-    )  # fmt: skip
+    speedups = [key for key in RATIOS if key.startswith("speedup_b") and all(key in run for run in pairs[0])]
+    batches = [int(key.removeprefix("speedup_b")) for key in speedups]  # those `compare_runs` compares
     figure = Figure(figsize=(max(6.0, 0.7 * len(pairs)), 3.5 * len(batches)), layout="constrained")
     for axes, batch in zip(figure.subplots(len(batches), 1, sharex=True, squeeze=False)[:, 0], batches):
         for offset, run, label in ((-0.15, 0, "run 1"), (0.15, 1, "run 2")):
