@@ -15,7 +15,8 @@ prunable units — half of each attention layer's key/value heads and half of ea
 at random — and shrinks a copy of the model. It then measures:
 
 - forecast latency of the dense and the shrunk model at batch 1 and batch 64, timed interleaved (dense, shrunk,
-  shrunk, dense, ... after warm-up, on a fixed number of intra-op threads, `--threads`, default 1) until the
+  shrunk, dense, ... after warm-up, on a fixed number of intra-op threads, `--threads`, default 1), at least
+  `--min_pairs` pairs and `--min_seconds` (1 s: a sub-millisecond forecast gets hundreds of pairs), then until the
   interquartile range of the per-pair speed-ups is within 3% of their median or the time budget is spent; the
   speed-up reported is the median of the per-pair speed-ups with its interquartile range and the number of pairs,
   next to the FLOP ratio counted by `torch.utils.flop_counter`. "Never slower" means the third quartile of the
@@ -44,8 +45,9 @@ SwiGLU channels of every expert, of the shared expert and of the attention go, e
 the quantile loss and TTM's the MSE (`hf_tsprune.training.training_inputs`).
 
 Prints markdown tables and writes `speed.json` and `speed.md` (`speed-cuda.*` on a GPU) in `--output_dir`.
-The committed `results/speed.md` is a `--report` of the second of two back-to-back runs (`speed-run5/6.json`), their
-comparison, the macro steps, the `round_to` check and the profiles; the commands that made each are in their sections.
+The committed `results/speed.md` is a `--report` of the last of three back-to-back runs (`speed-run7/8/9.json`), the
+comparisons of runs 7 and 8 and of runs 8 and 9, the macro steps, the `round_to` check and the profiles; the commands
+that made each are in their sections.
 """
 
 from __future__ import annotations
@@ -653,6 +655,10 @@ def main():
         help="instead of timing: torch.profiler of dense vs shrunk forecasts per operator (speed-profile.*)",
     )  # fmt: skip
     parser.add_argument("--min_pairs", type=int, default=7, help="fewest interleaved dense/shrunk timing pairs")
+    parser.add_argument(
+        "--min_seconds", type=float, default=1.0,
+        help="fewest seconds of forecast pairs per model and batch size (sub-millisecond forecasts get many pairs)",
+    )  # fmt: skip
     parser.add_argument("--max_seconds", type=float, default=60.0, help="timing budget per model and batch size")
     parser.add_argument("--step_batch", type=int, default=16, help="micro-batch of the prune/finetune step (0: skip)")
     parser.add_argument("--min_step_pairs", type=int, default=3, help="fewest interleaved prune/finetune step pairs")
@@ -717,7 +723,7 @@ def main():
     if "all" in args.models:
         args.models = [n for n in BUILDERS if available(n)]
     torch.manual_seed(0)
-    timing = {"min_pairs": args.min_pairs, "max_seconds": args.max_seconds}
+    timing = {"min_pairs": args.min_pairs, "min_seconds": args.min_seconds, "max_seconds": args.max_seconds}
     results, started = [], time.perf_counter()
     for name in args.models:
         for round_to in args.round_to:

@@ -61,6 +61,24 @@ def test_interleaved_timing_reports_the_spread_and_respects_the_budget(speed, mo
     assert result["pairs"] < 400  # the time budget stopped it
 
 
+def test_short_forecasts_are_timed_until_the_time_adds_up(speed, monkeypatch):
+    # 7 pairs of sub-millisecond forecasts can agree by chance within the target spread; `min_seconds` (the
+    # benchmark's `--min_seconds`) keeps pairing until they add up to a time the speed-up can be read from
+    clock = FakeClock()
+    monkeypatch.setattr(speed.time, "perf_counter", clock)
+
+    def run(seconds):
+        def call():
+            clock.now += seconds
+
+        return call
+
+    dense, shrunk = run(2**-10), run(2**-11)  # (exact in binary: the sums of the fake clock do not round)
+    assert speed.interleaved_timing(dense, shrunk, warmup=1, min_pairs=7)["pairs"] == 7
+    result = speed.interleaved_timing(dense, shrunk, warmup=1, min_pairs=7, min_seconds=200 * 3 * 2**-11)
+    assert result["pairs"] == 200 and result["speedup"] == 2.0
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_benchmark_of_a_tiny_model(speed, monkeypatch, dtype):
     monkeypatch.setitem(speed.BUILDERS, "patchtst", TINY["patchtst"])
