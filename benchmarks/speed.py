@@ -24,8 +24,8 @@ at random — and shrinks a copy of the model. It then measures:
 - one prune-run step (masks installed, weights frozen: forward, backward, Taylor-score update) against one dense
   finetune step (forward, backward, AdamW step) on the same batch: both built in one fresh subprocess and timed
   interleaved (prune, finetune, finetune, prune, ...), the ratio the median of the per-pair ratios with its
-  interquartile range, so that it carries neither a difference between two processes nor what the benchmark's own
-  process allocated before; the peak memory of each (resident memory on CPU,
+  interquartile range, so that a difference between two processes does not enter it (Timer-XL's ratio still moves
+  between runs, 0.48 to 0.55: see `run_interleaved_steps`); the peak memory of each (resident memory on CPU,
   allocated memory on CUDA) in a fresh subprocess per step kind. With `--macro_batch N`, also one optimizer step over
   N windows through gradient accumulation of `--macro_micro_batch` windows at a time (the paper's macro batch is
   8192) for `--macro_models`, warmed up by one micro-batch, each kind timed once in its fresh subprocess.
@@ -477,9 +477,11 @@ def run_step(
 def run_interleaved_steps(
     name: str, batch_size: int, min_pairs: int, min_seconds: float, max_seconds: float, device: str, dtype: str
 ) -> dict:
-    """`interleaved_steps` in a fresh subprocess. In the benchmark's own process, after the forecast timings of the
-    same model, the finetune step's time depended on what that process had allocated before: the TimesFM 2.5
-    prune / finetune ratio came out 0.63 and 0.52 in two runs, against 0.48 to 0.52 in three fresh processes."""
+    """`interleaved_steps` in a fresh subprocess. Timed in the benchmark's own process, after the forecast timings of
+    the same model, the TimesFM 2.5 prune / finetune ratio came out 0.63 and 0.52 in two runs, against 0.48 to 0.52
+    in three fresh processes. The fresh process does not remove every such effect: Timer-XL's ratio was 0.48 to 0.50
+    in the 6 processes started by a benchmark that had not timed batch-64 forecasts before (or by none), and 0.48 to
+    0.55 (4 of 5 over 0.52) in those started after it had; the cause is not isolated."""
     return in_fresh_process("_steps", name, batch_size, min_pairs, min_seconds, max_seconds, device, dtype)
 
 
